@@ -1,0 +1,44 @@
+"""The one interface every training-curvature approximation implements.
+
+A curvature object is fitted once at ``θ*`` and then answers, for many row vectors ``V`` ``(k, p)``:
+``solve(V) = V (H + ρI)⁻¹`` and ``matvec(V) = V (H + ρI)``, where ``H ≈ ∇²R(θ*)`` with
+``R = (1/n) Σ l_i + (λ/2)‖θ‖²`` and ``ρ`` the damping it was fitted with.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+from torch import Tensor
+
+#: A fixed damping ``ρ >= 0``, or "heuristic" for ``ρ = 0.1 × mean eigenvalue``.
+Damping = float | Literal["heuristic"]
+
+HEURISTIC_FACTOR = 0.1
+
+
+def resolve_damping(damping: Damping, mean_eigenvalue: float) -> float:
+    """The numeric damping: ``damping`` itself, or ``0.1 × mean_eigenvalue`` for "heuristic"."""
+    if damping == "heuristic":
+        return HEURISTIC_FACTOR * mean_eigenvalue
+    if isinstance(damping, str):
+        raise ValueError(f"damping must be a number >= 0 or 'heuristic', got {damping!r}")
+    if damping < 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+    return float(damping)
+
+
+class Curvature(ABC):
+    """A fitted, damped approximation of the training Hessian."""
+
+    #: the numeric damping ρ actually used
+    damping: float
+
+    @abstractmethod
+    def solve(self, V: Tensor) -> Tensor:
+        """``V (H + ρI)⁻¹`` for row vectors ``V`` ``(k, p)`` -> ``(k, p)``, in ``V``'s dtype."""
+
+    @abstractmethod
+    def matvec(self, V: Tensor) -> Tensor:
+        """``V (H + ρI)`` for row vectors ``V`` ``(k, p)`` -> ``(k, p)``."""

@@ -1,0 +1,75 @@
+"""Dense curvature for small models: the exact Hessian of ``R`` or the Gauss–Newton matrix.
+
+The matrix is built once, eigendecomposed once in float64 and reused for every solve.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.func import hessian
+from tqdm.auto import tqdm
+
+from groupinf.curvature.base import Curvature, Damping, resolve_damping
+from groupinf.gradients import batches, per_example_jacobians
+from groupinf.task import Task, check_inputs
+
+
+def exact_hessian(
+    task: Task, theta: Tensor, inputs: Tensor, targets: Tensor, n: int, batch_size: int = 512
+) -> Tensor:
+    """``∇²R(θ) = (1/n) Σ_i ∇²l_i(θ) + λI`` over the given examples: ``(p, p)``."""
+    check_inputs(theta, inputs, what="training inputs")
+    total = torch.zeros(theta.numel(), theta.numel(), dtype=theta.dtype, device=theta.device)
+    for sl in tqdm(list(batches(len(inputs), batch_size)), desc="exact Hessian", leave=False):
+        total += hessian(lambda th, sl=sl: task.losses(th, inputs[sl], targets[sl]).sum())(theta)
+    return total / n + task.l2 * torch.eye(theta.numel(), dtype=theta.dtype, device=theta.device)
+
+
+def gauss_newton(task: Task, theta: Tensor, inputs: Tensor, n: int, batch_size: int = 256) -> Tensor:
+    """``G = (1/n) Σ_i Φ_iᵀ Λ_i Φ_i + λI``: ``(p, p)`` (equals the Fisher for NLL losses)."""
+    check_inputs(theta, inputs, what="training inputs")
+    total = torch.zeros(theta.numel(), theta.numel(), dtype=theta.dtype, device=theta.device)
+    for sl in tqdm(list(batches(len(inputs), batch_size)), desc="Gauss-Newton", leave=False):
+        jac = per_example_jacobians(task, theta, inputs[sl])  # (b, C, p)
+        root = task.loss.output_hessian_sqrt(task.outputs(theta, inputs[sl]).detach())
+        rows = (root.transpose(-1, -2) @ jac).reshape(-1, theta.numel())
+        total += rows.T @ rows
+    return total / n + task.l2 * torch.eye(theta.numel(), dtype=theta.dtype, device=theta.device)
+
+
+class EigenCurvature(Curvature):
+    """``H + ρI`` held as the float64 eigendecomposition of a dense symmetric ``H`` ``(p, p)``.
+
+    Raises ``ValueError`` when ``H + ρI`` is singular or not positive definite.
+    """
+
+    def __init__(self, matrix: Tensor, damping: Damping = 0.0) -> None:
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"expected a square matrix, got {tuple(matrix.shape)}")
+        if not torch.isfinite(matrix).all():
+            raise ValueError("the curvature matrix contains NaN or inf")
+        sym = 0.5 * (matrix + matrix.T).double()
+        self.eigenvalues, self.eigenvectors = torch.linalg.eigh(sym)
+        self.damping = resolve_damping(damping, self.eigenvalues.mean().item())
+        shifted = self.eigenvalues + self.damping
+        largest = shifted.abs().max().item()
+        tol = matrix.shape[0] * torch.finfo(torch.float64).eps * max(largest, 1e-300)
+        smallest = shifted.min().item()
+        if smallest <= tol:
+            kind = "singular" if abs(smallest) <= tol else "not positive definite"
+            raise ValueError(
+                f"the damped Hessian is {kind}: its smallest eigenvalue is {smallest:.3g} "
+                f"(damping {self.damping:.3g}, largest {largest:.3g}); pass a damping > 0 "
+                "(or 'heuristic'), an L2 strength, or use the Gauss-Newton curvature"
+            )
+
+    def solve(self, V: Tensor) -> Tensor:
+        Q = self.eigenvectors.to(V.device)
+        rotated = (V.double() @ Q) / (self.eigenvalues.to(V.device) + self.damping)
+        return (rotated @ Q.T).to(V.dtype)
+
+    def matvec(self, V: Tensor) -> Tensor:
+        Q = self.eigenvectors.to(V.device)
+        rotated = (V.double() @ Q) * (self.eigenvalues.to(V.device) + self.damping)
+        return (rotated @ Q.T).to(V.dtype)

@@ -1,0 +1,1 @@
+"""The paper's evaluation protocols, built on the library's public pieces."""

@@ -1,0 +1,80 @@
+"""What the user describes: a model, its per-example training loss, the L2 strength and a target.
+
+The task knows nothing about influence methods (dattri's separation of task from method). All
+functions take the attributed parameters as a flat vector ``theta`` (see ``ParamSpace``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from groupinf.losses import Loss
+from groupinf.params import ParamSpace
+
+if TYPE_CHECKING:
+    from groupinf.target import Target
+
+
+def check_inputs(theta: Tensor, *tensors: Tensor, what: str = "inputs") -> None:
+    """Raise ``ValueError`` when a tensor is on another device, has NaN/inf, or a float dtype mismatch."""
+    for t in tensors:
+        if t.device != theta.device:
+            raise ValueError(
+                f"{what} are on {t.device} but the parameters are on {theta.device}; move them with .to()"
+            )
+        if t.is_floating_point():
+            if t.dtype != theta.dtype:
+                raise ValueError(
+                    f"{what} have dtype {t.dtype} but the parameters have {theta.dtype}; convert one of them"
+                )
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{what} contain NaN or inf values; clean the data first")
+
+
+@dataclass
+class Task:
+    """Model + unscaled per-example loss + L2 strength + target function.
+
+    The training objective is ``R(θ) = (1/n) Σ_i l_i(θ) + (λ/2)‖θ‖²`` with ``λ = l2`` applied to the
+    attributed parameters; ``n`` is always passed explicitly by the caller.
+    """
+
+    model: nn.Module
+    loss: Loss
+    l2: float
+    target: Target
+    param_names: Iterable[str] | None = None
+    space: ParamSpace = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.l2 < 0:
+            raise ValueError(f"l2 must be >= 0, got {self.l2}")
+        self.space = ParamSpace.of(self.model, self.param_names)
+
+    def theta(self) -> Tensor:
+        """The model's current attributed parameters, flat ``(p,)``."""
+        return self.space.current(self.model)
+
+    def outputs(self, theta: Tensor, inputs: Tensor) -> Tensor:
+        """Model outputs ``(B, C)`` at parameters ``theta`` (1-D outputs become ``(B, 1)``)."""
+        out = functional_call(self.model, self.space.unflatten(theta), (inputs,))
+        return out.reshape(out.shape[0], -1)
+
+    def losses(self, theta: Tensor, inputs: Tensor, targets: Tensor) -> Tensor:
+        """Per-example training losses ``(B,)``, unscaled."""
+        return self.loss(self.outputs(theta, inputs), targets)
+
+    def objective(
+        self, theta: Tensor, inputs: Tensor, targets: Tensor, n: int, weights: Tensor | None = None
+    ) -> Tensor:
+        """``(1/n) Σ_i w_i l_i(θ) + (λ/2)‖θ‖²`` (``w = 1`` by default); a scalar."""
+        per_example = self.losses(theta, inputs, targets)
+        if weights is not None:
+            per_example = per_example * weights
+        return per_example.sum() / n + 0.5 * self.l2 * theta.pow(2).sum()
