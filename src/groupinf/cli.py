@@ -36,8 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     faith.add_argument(
         "--data",
         default="digits",
-        help="digits | fashion-mnist | mnist | cifar10 | "
-        "concrete | parkinsons | PATH.npz | PATH.csv (default: digits)",
+        help="digits | fashion-mnist | mnist | cifar10 | concrete | parkinsons | PATH.npz | PATH.csv (default: digits)",
     )
     faith.add_argument("--data-dir", default=None, help="directory holding the data set's files")
     faith.add_argument("--model", default="lr", choices=["lr"], help="lr: logistic / linear regression")

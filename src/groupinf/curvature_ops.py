@@ -56,9 +56,7 @@ class LowRankCurvature(TargetCurvature):
         if factor.ndim != 2:
             raise ValueError(f"the factor B must be (r, p), got {tuple(factor.shape)}")
         self.factor = factor
-        self.sign = (
-            torch.ones(len(factor), dtype=factor.dtype, device=factor.device) if sign is None else sign
-        )
+        self.sign = torch.ones(len(factor), dtype=factor.dtype, device=factor.device) if sign is None else sign
         if self.sign.shape != (len(factor),):
             raise ValueError(f"sign must have shape ({len(factor)},), got {tuple(self.sign.shape)}")
 

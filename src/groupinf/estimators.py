@@ -60,9 +60,7 @@ def basu_shift(group_shifts: Tensor, response: Tensor, group_sizes: Tensor, n: i
     return (1 - 2 * frac) / (1 - frac) ** 2 * group_shifts + response / (1 - frac) ** 2
 
 
-def combine(
-    first: Tensor, inter: Tensor | None = None, basu_first: Tensor | None = None
-) -> dict[str, Tensor]:
+def combine(first: Tensor, inter: Tensor | None = None, basu_first: Tensor | None = None) -> dict[str, Tensor]:
     """The named estimators from their terms: F, I, F+I and, given ``∇fᵀΔθ_B``, F+B and F+I+B."""
     out = {"F": first}
     if inter is not None:

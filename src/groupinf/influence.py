@@ -99,9 +99,7 @@ class GroupInfluence:
 
     def basu_shift(self, groups: Sequence[Tensor], delta_g: Tensor) -> Tensor:
         """Basu et al.'s ``Δθ_B`` for each (validated) group ``(M, p)``."""
-        hz_delta = torch.cat(
-            [self.group_curvature_product(g, delta_g[m : m + 1]) for m, g in enumerate(groups)]
-        )
+        hz_delta = torch.cat([self.group_curvature_product(g, delta_g[m : m + 1]) for m, g in enumerate(groups)])
         response = self.curvature.solve(hz_delta) / self.n
         sizes = torch.tensor([len(g) for g in groups], device=delta_g.device)
         return estimators.basu_shift(delta_g, response, sizes, self.n)

@@ -55,9 +55,7 @@ class ParamSpace:
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """Flat vector ``(numel,)`` -> dict of views with the parameters' shapes."""
         if theta.ndim != 1 or theta.shape[0] != self.numel:
-            raise ValueError(
-                f"expected a flat parameter vector of length {self.numel}, got {tuple(theta.shape)}"
-            )
+            raise ValueError(f"expected a flat parameter vector of length {self.numel}, got {tuple(theta.shape)}")
         out: dict[str, Tensor] = {}
         offset = 0
         for name, shape in zip(self.names, self.shapes, strict=True):

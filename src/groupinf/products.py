@@ -14,9 +14,7 @@ from groupinf.gradients import batches
 from groupinf.task import Task, check_inputs
 
 
-def loss_hvp(
-    task: Task, theta: Tensor, inputs: Tensor, targets: Tensor, V: Tensor, batch_size: int = 1024
-) -> Tensor:
+def loss_hvp(task: Task, theta: Tensor, inputs: Tensor, targets: Tensor, V: Tensor, batch_size: int = 1024) -> Tensor:
     """Exact ``Σ_i ∇²l_i(θ) Vᵀ`` as ``(k, p)`` (forward-over-reverse)."""
     check_inputs(theta, inputs, V, what="inputs and vectors")
     out = torch.zeros_like(V)

@@ -27,8 +27,7 @@ class InteractionFactors:
     def __post_init__(self) -> None:
         if self.left.ndim != 2 or self.left.shape != self.right.shape:
             raise ValueError(
-                f"interaction factors must both be (C, d), got {tuple(self.left.shape)} and "
-                f"{tuple(self.right.shape)}"
+                f"interaction factors must both be (C, d), got {tuple(self.left.shape)} and {tuple(self.right.shape)}"
             )
         if self.left.device != self.right.device:
             raise ValueError(f"factors on different devices: {self.left.device} and {self.right.device}")
@@ -89,9 +88,7 @@ def check_first_order(first_order: Tensor, factors: InteractionFactors | None = 
             raise ValueError("interaction factors contain NaN or inf")
 
 
-def greedy_select(
-    first_order: Tensor, factors: InteractionFactors, k: int, progress: bool = False
-) -> Selection:
+def greedy_select(first_order: Tensor, factors: InteractionFactors, k: int, progress: bool = False) -> Selection:
     """Algorithm 1: ``k`` greedy steps, each an ``argmin`` of ``m(c|S)`` and one accumulator update.
 
     ``first_order`` is ``a_c = ∇fᵀδ_c`` ``(C,)``. Cost ``O(k·C·d)``; memory ``O(C)`` beyond the factors.

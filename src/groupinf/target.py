@@ -46,9 +46,7 @@ class Target(ABC):
 
     def ggn_vp(self, task: Task, theta: Tensor, V: Tensor) -> Tensor:
         """Gauss–Newton products; only defined for loss-type targets."""
-        raise ValueError(
-            f"{type(self).__name__} has no Gauss–Newton form; use the exact target Hessian (hvp) instead"
-        )
+        raise ValueError(f"{type(self).__name__} has no Gauss–Newton form; use the exact target Hessian (hvp) instead")
 
 
 class LossTarget(Target):
@@ -68,8 +66,7 @@ class LossTarget(Target):
     def value(self, task: Task, theta: Tensor) -> Tensor:
         check_inputs(theta, self.inputs, what="target inputs")
         total = sum(
-            task.losses(theta, self.inputs[sl], self.targets[sl]).sum()
-            for sl in batches(self.size, self.batch_size)
+            task.losses(theta, self.inputs[sl], self.targets[sl]).sum() for sl in batches(self.size, self.batch_size)
         )
         return total / self.size
 

@@ -25,9 +25,7 @@ def check_inputs(theta: Tensor, *tensors: Tensor, what: str = "inputs") -> None:
     """Raise ``ValueError`` when a tensor is on another device, has NaN/inf, or a float dtype mismatch."""
     for t in tensors:
         if t.device != theta.device:
-            raise ValueError(
-                f"{what} are on {t.device} but the parameters are on {theta.device}; move them with .to()"
-            )
+            raise ValueError(f"{what} are on {t.device} but the parameters are on {theta.device}; move them with .to()")
         if t.is_floating_point():
             if t.dtype != theta.dtype:
                 raise ValueError(

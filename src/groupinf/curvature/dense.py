@@ -15,9 +15,7 @@ from groupinf.gradients import batches, per_example_jacobians
 from groupinf.task import Task, check_inputs
 
 
-def exact_hessian(
-    task: Task, theta: Tensor, inputs: Tensor, targets: Tensor, n: int, batch_size: int = 512
-) -> Tensor:
+def exact_hessian(task: Task, theta: Tensor, inputs: Tensor, targets: Tensor, n: int, batch_size: int = 512) -> Tensor:
     """``∇²R(θ) = (1/n) Σ_i ∇²l_i(θ) + λI`` over the given examples: ``(p, p)``."""
     check_inputs(theta, inputs, what="training inputs")
     total = torch.zeros(theta.numel(), theta.numel(), dtype=theta.dtype, device=theta.device)
