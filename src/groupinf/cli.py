@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from groupinf.curvature import Damping
+from groupinf.training import ConvergenceError
 
 
 def parse_damping(text: str) -> Damping:
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             config = FaithfulnessConfig(**options)
             results = run_faithfulness(config, args.out)
-        except (ValueError, FileNotFoundError) as error:
+        except (ValueError, FileNotFoundError, ConvergenceError) as error:
             print(f"groupinf: error: {error}", file=sys.stderr)
             return 2
         print(

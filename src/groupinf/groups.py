@@ -55,20 +55,28 @@ def group_sums(groups: Sequence[Tensor], values: Tensor) -> Tensor:
 def nearest_neighbour_groups(
     embedding: np.ndarray, num_groups: int, group_size: int, seed: int = 0
 ) -> list[np.ndarray]:
-    """Groups of an anchor (uniform, without replacement) plus its ``group_size − 1`` nearest neighbours.
+    """Distinct groups of an anchor plus its ``group_size − 1`` nearest neighbours (anchor first).
 
-    Distances are L2 in ``embedding`` ``(n, c)`` (softmax outputs, or predictions for regression).
+    Anchors are drawn uniformly without replacement; an anchor whose group equals an earlier one
+    as a set (common among confidently classified examples) is skipped. Distances are L2 in
+    ``embedding`` ``(n, c)`` (softmax outputs, or predictions for regression).
     """
     n = len(embedding)
     if not 1 <= group_size <= n:
         raise ValueError(f"group_size must be in [1, {n}], got {group_size}")
     if not 1 <= num_groups <= n:
         raise ValueError(f"num_groups must be in [1, {n}] (one distinct anchor each), got {num_groups}")
-    anchors = np.random.default_rng(seed).choice(n, size=num_groups, replace=False)
     index = NearestNeighbors(n_neighbors=min(group_size + 1, n)).fit(embedding)
-    _, neighbours = index.kneighbors(embedding[anchors])
-    groups = []
-    for anchor, row in zip(anchors, neighbours, strict=True):
-        others = [int(j) for j in row if j != anchor][: group_size - 1]
+    groups: list[np.ndarray] = []
+    seen: set[frozenset[int]] = set()
+    for anchor in np.random.default_rng(seed).permutation(n):
+        _, row = index.kneighbors(embedding[anchor : anchor + 1])
+        others = [int(j) for j in row[0] if j != anchor][: group_size - 1]
+        members = frozenset([int(anchor), *others])
+        if members in seen:
+            continue
+        seen.add(members)
         groups.append(np.array([int(anchor), *others], dtype=np.int64))
-    return groups
+        if len(groups) == num_groups:
+            return groups
+    raise ValueError(f"only {len(groups)} distinct groups of size {group_size} exist; ask for fewer groups")

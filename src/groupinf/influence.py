@@ -70,9 +70,14 @@ class GroupInfluence:
         if group_hessian not in ("exact", "ggn"):
             raise ValueError(f"group_hessian must be 'exact' or 'ggn', got {group_hessian!r}")
         self.group_hessian = group_hessian
-        gradients = per_example_gradients(task, theta, inputs, targets, batch_size)
-        self.shifts = compute_shifts(curvature, gradients, self.n)  # (N, p)
+        self.batch_size = batch_size
+        self.shifts = self.shifts_for(inputs, targets)  # (N, p)
         self.grad_f = task.target.gradient(task, theta)  # (p,)
+
+    def shifts_for(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """Shifts ``(N', p)`` of any examples (e.g. addition candidates from outside D), with this H and n."""
+        gradients = per_example_gradients(self.task, self.theta, inputs, targets, self.batch_size)
+        return compute_shifts(self.curvature, gradients, self.n)
 
     def group_shifts(self, groups: Sequence[GroupLike]) -> tuple[list[Tensor], Tensor]:
         """Validated groups and their shifts ``δ_G`` ``(M, p)``."""

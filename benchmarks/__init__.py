@@ -1,0 +1,1 @@
+"""Benchmarks run by `make bench`: each compares with a peer or a physical limit in one run."""

@@ -1,0 +1,97 @@
+"""The `groupinf faithfulness` command: schema, resume, regression data, errors, and the demo's claim."""
+
+import json
+
+import numpy as np
+import pytest
+
+from groupinf import cli
+from groupinf.experiments import faithfulness
+
+
+def write_npz(path, regression=False, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(160, 4))
+    if regression:
+        y = X @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.3 * rng.normal(size=160)
+    else:
+        y = (X[:, 0] + 0.5 * X[:, 1] + 0.5 * rng.normal(size=160) > 0).astype(np.int64) * 3 + 2  # labels {2, 5}
+    np.savez(path, X=X, y=y)
+
+
+def run(args):
+    return cli.main(["faithfulness", *map(str, args)])
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_results_schema_on_npz(tmp_path, capsys, regression):
+    data = tmp_path / "toy.npz"
+    write_npz(data, regression)
+    assert run(["--data", data, "--groups", 12, "--group-size", 6, "--l2", 0.05, "--out", tmp_path / "out"]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results["spearman"]) == {"F", "F+I", "F+B", "F+I+B"}
+    assert len(results["groups"]) == 12
+    for group in results["groups"]:
+        assert len(group["indices"]) == 6 == len(set(group["indices"]))
+        assert set(group["estimates"]) == set(results["spearman"])
+        assert np.isfinite(group["truth"])
+    assert results["spearman"]["F+I"] > 0.8
+    assert "F+I" in capsys.readouterr().out
+
+
+def test_interrupted_run_resumes_without_retraining_finished_groups(tmp_path, monkeypatch):
+    data = tmp_path / "toy.npz"
+    write_npz(data)
+    args = ["--data", data, "--groups", 8, "--group-size", 5, "--out", tmp_path / "out"]
+    real_fit = faithfulness.fit_convex
+    calls = []
+
+    def dying_fit(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:  # the full-data fit, then 2 retrainings, then "killed"
+            raise KeyboardInterrupt
+        return real_fit(*a, **k)
+
+    monkeypatch.setattr(faithfulness, "fit_convex", dying_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run(args)
+    assert not (tmp_path / "out" / "results.json").exists()
+    assert len(list((tmp_path / "out" / "retrain").rglob("group_*.json"))) == 2
+    calls.clear()
+    monkeypatch.setattr(faithfulness, "fit_convex", lambda *a, **k: (calls.append(1), real_fit(*a, **k))[1])
+    assert run(args) == 0
+    assert len(calls) == 1 + 6  # the full-data fit and only the 6 unfinished groups
+    first = json.loads((tmp_path / "out" / "results.json").read_text())
+    calls.clear()
+    assert run(args) == 0
+    assert len(calls) == 1
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["spearman"] == first["spearman"]
+
+
+def test_bad_arguments_give_clear_errors(tmp_path, capsys):
+    assert run(["--data", tmp_path / "missing.npz", "--out", tmp_path / "o"]) == 2
+    assert "missing.npz" in capsys.readouterr().err
+    data = tmp_path / "nan.npz"
+    X = np.ones((50, 3))
+    X[4, 1] = np.nan
+    np.savez(data, X=X, y=np.arange(50) % 2)
+    assert run(["--data", data, "--out", tmp_path / "o"]) == 2
+    assert "NaN" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(["--damping", "lots", "--out", tmp_path / "o"])
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    X[:, 2] = 0.0  # a constant feature: without L2 or damping its weights have zero curvature
+    y = (X[:, 0] + rng.normal(size=120) > 0).astype(np.int64)
+    np.savez(tmp_path / "flat.npz", X=X, y=y)
+    assert run(["--data", tmp_path / "flat.npz", "--l2", 0, "--groups", 3, "--out", tmp_path / "o"]) == 2
+    assert "singular" in capsys.readouterr().err
+
+
+def test_demo_digits_lr_reports_spearman_above_095(tmp_path):
+    """What `make demo` runs: multinomial LR on scikit-learn's digits, 50 groups of 5 %."""
+    assert run(["--data", "digits", "--model", "lr", "--groups", 50, "--out", tmp_path]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["n_train"] == 1257 and results["group_size"] == 63
+    assert results["spearman"]["F+I"] >= 0.95
+    assert results["spearman"]["F+I"] > results["spearman"]["F"]

@@ -1,0 +1,129 @@
+"""Greedy selection against brute-force marginal gains."""
+
+import pytest
+import torch
+
+from groupinf.curvature_ops import DenseCurvature, LowRankCurvature
+from groupinf.selection import (
+    InteractionFactors,
+    addition_objective,
+    greedy_select,
+    marginal_scores,
+    random_select,
+    topk_select,
+)
+
+
+def random_problem(C=30, p=12, seed=0, indefinite=True):
+    gen = torch.Generator().manual_seed(seed)
+    shifts = torch.randn(C, p, generator=gen, dtype=torch.float64)
+    root = torch.randn(p, p, generator=gen, dtype=torch.float64)
+    Hf = root @ root.T / p
+    if indefinite:
+        Hf = Hf - 0.3 * torch.eye(p, dtype=torch.float64)
+    grad_f = torch.randn(p, generator=gen, dtype=torch.float64)
+    return shifts, Hf, grad_f
+
+
+def brute_objective(S, shifts, Hf, grad_f):
+    """Î_add(S) = −∇fᵀδ_S + ½ δ_Sᵀ H_f δ_S from scratch (0 for the empty set)."""
+    if not S:
+        return torch.tensor(0.0, dtype=torch.float64)
+    delta_s = shifts[S].sum(0)
+    return -grad_f @ delta_s + 0.5 * delta_s @ Hf @ delta_s
+
+
+@pytest.mark.parametrize("indefinite", [False, True])
+def test_greedy_steps_equal_brute_force_marginal_gains(indefinite):
+    shifts, Hf, grad_f = random_problem(indefinite=indefinite)
+    factors = InteractionFactors.dense(shifts, DenseCurvature(Hf))
+    a = shifts @ grad_f
+    k = 12
+    sel = greedy_select(a, factors, k)
+    chosen: list[int] = []
+    for step in range(k):
+        base = brute_objective(chosen, shifts, Hf, grad_f)
+        gains = torch.stack(
+            [
+                brute_objective([*chosen, c], shifts, Hf, grad_f) - base
+                if c not in chosen
+                else torch.tensor(float("inf"))
+                for c in range(len(shifts))
+            ]
+        )
+        best = int(torch.argmin(gains))
+        assert int(sel.indices[step]) == best
+        torch.testing.assert_close(sel.scores[step], gains[best])
+        chosen.append(best)
+    torch.testing.assert_close(sel.scores.sum(), brute_objective(chosen, shifts, Hf, grad_f))
+    torch.testing.assert_close(addition_objective(a, factors, sel.indices), sel.scores.sum())
+    torch.testing.assert_close(marginal_scores(a, factors, sel.indices), sel.scores)
+    assert len(set(sel.indices.tolist())) == k
+
+
+def test_interaction_changes_the_choice_away_from_topk():
+    """Two near-duplicate top candidates: greedy F+I takes one, top-k takes both."""
+    p = 4
+    shifts = torch.tensor([[1.0, 0, 0, 0], [1.0, 0.01, 0, 0], [0, 0.8, 0, 0], [0, 0, 0.1, 0]], dtype=torch.float64)
+    grad_f = torch.tensor([1.0, 0.9, 0.5, 0.5], dtype=torch.float64)
+    hf = DenseCurvature(2.0 * torch.eye(p, dtype=torch.float64))
+    a = shifts @ grad_f
+    greedy = greedy_select(a, InteractionFactors.dense(shifts, hf), 2)
+    top = topk_select(a, 2)
+    assert sorted(top.indices.tolist()) == [0, 1]
+    assert 2 in greedy.indices.tolist() and not {0, 1} <= set(greedy.indices.tolist())
+
+
+def test_low_rank_form_equals_dense_at_full_rank():
+    shifts, Hf, grad_f = random_problem(C=40, p=10, seed=2)
+    a = shifts @ grad_f
+    dense = InteractionFactors.dense(shifts, DenseCurvature(Hf))
+    low = InteractionFactors.low_rank(shifts, LowRankCurvature.from_matrix(Hf))
+    assert low.left.shape == (40, 10)
+    torch.testing.assert_close(low.left @ low.right.T, dense.left @ dense.right.T)
+    torch.testing.assert_close(low.self_terms(), dense.self_terms())
+    sel_dense, sel_low = greedy_select(a, dense, 15), greedy_select(a, low, 15)
+    assert torch.equal(sel_dense.indices, sel_low.indices)
+    torch.testing.assert_close(sel_dense.scores, sel_low.scores)
+
+
+def test_topk_and_random():
+    shifts, _, grad_f = random_problem()
+    a = shifts @ grad_f
+    top = topk_select(a, 5)
+    assert top.indices.tolist() == torch.argsort(a, descending=True)[:5].tolist()
+    torch.testing.assert_close(top.scores, -a[top.indices])
+    r1, r2, r3 = random_select(a, 10, seed=1), random_select(a, 10, seed=1), random_select(a, 10, seed=2)
+    assert torch.equal(r1.indices, r2.indices) and not torch.equal(r1.indices, r3.indices)
+    assert len(set(r1.indices.tolist())) == 10
+
+
+def test_bad_selection_input():
+    shifts, Hf, grad_f = random_problem()
+    a = shifts @ grad_f
+    factors = InteractionFactors.dense(shifts, DenseCurvature(Hf))
+    with pytest.raises(ValueError, match="k must be in"):
+        greedy_select(a, factors, 31)
+    with pytest.raises(ValueError, match="k must be in"):
+        topk_select(a, 0)
+    with pytest.raises(ValueError, match="empty"):
+        topk_select(a[:0], 1)
+    with pytest.raises(ValueError, match="candidates"):
+        greedy_select(a[:10], factors, 3)
+    with pytest.raises(ValueError, match="NaN"):
+        bad = a.clone()
+        bad[0] = float("nan")
+        greedy_select(bad, factors, 3)
+    with pytest.raises(ValueError, match=r"\(C, d\)"):
+        InteractionFactors(shifts, shifts[:, :3])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
+def test_greedy_on_cuda_matches_cpu():
+    shifts, Hf, grad_f = random_problem(C=200, p=16)
+    a = shifts @ grad_f
+    cpu = greedy_select(a, InteractionFactors.dense(shifts, DenseCurvature(Hf)), 20)
+    dev = torch.device("cuda")
+    gpu = greedy_select(a.to(dev), InteractionFactors.dense(shifts.to(dev), DenseCurvature(Hf.to(dev))), 20)
+    assert torch.equal(cpu.indices, gpu.indices.cpu())
