@@ -21,3 +21,35 @@ def linear_model(num_features: int, num_classes: int, kind: str) -> tuple[nn.Mod
     if num_classes == 2:
         return nn.Linear(num_features, 1), BinaryLogistic()
     return nn.Linear(num_features, num_classes), CrossEntropy()
+
+
+def mlp(
+    num_features: int,
+    num_outputs: int,
+    hidden: tuple[int, ...] = (128, 128),
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """``Linear → ReLU [→ Dropout]`` per hidden width, then a ``Linear`` to ``num_outputs``.
+
+    Dropout is only active in ``train()`` mode; influence computations run in ``eval()`` mode.
+    """
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    layers: list[nn.Module] = []
+    width = num_features
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = size
+    layers.append(nn.Linear(width, num_outputs))
+    return nn.Sequential(*layers)
+
+
+def loss_for(kind: str, num_classes: int) -> Loss:
+    """Cross-entropy for classification (``num_classes`` logits), squared error for regression."""
+    if kind == "classification":
+        return CrossEntropy()
+    if kind == "regression":
+        return SquaredError()
+    raise ValueError(f"kind must be 'classification' or 'regression', got {kind!r}")
