@@ -28,7 +28,7 @@ def streaming_limit(matrix: torch.Tensor, k: int) -> float:
 
 def time_greedy(factors: InteractionFactors, a: torch.Tensor, k: int) -> float:
     start = time.perf_counter()
-    greedy_select(a, factors, k)
+    greedy_select(a, k, factors)
     return time.perf_counter() - start
 
 

@@ -39,7 +39,7 @@ def test_greedy_steps_equal_brute_force_marginal_gains(indefinite):
     factors = InteractionFactors.dense(shifts, DenseCurvature(Hf))
     a = shifts @ grad_f
     k = 12
-    sel = greedy_select(a, factors, k)
+    sel = greedy_select(a, k, factors)
     chosen: list[int] = []
     for step in range(k):
         base = brute_objective(chosen, shifts, Hf, grad_f)
@@ -56,8 +56,8 @@ def test_greedy_steps_equal_brute_force_marginal_gains(indefinite):
         torch.testing.assert_close(sel.scores[step], gains[best])
         chosen.append(best)
     torch.testing.assert_close(sel.scores.sum(), brute_objective(chosen, shifts, Hf, grad_f))
-    torch.testing.assert_close(addition_objective(a, factors, sel.indices), sel.scores.sum())
-    torch.testing.assert_close(marginal_scores(a, factors, sel.indices), sel.scores)
+    torch.testing.assert_close(addition_objective(a, sel.indices, factors), sel.scores.sum())
+    torch.testing.assert_close(marginal_scores(a, sel.indices, factors), sel.scores)
     assert len(set(sel.indices.tolist())) == k
 
 
@@ -68,7 +68,7 @@ def test_interaction_changes_the_choice_away_from_topk():
     grad_f = torch.tensor([1.0, 0.9, 0.5, 0.5], dtype=torch.float64)
     hf = DenseCurvature(2.0 * torch.eye(p, dtype=torch.float64))
     a = shifts @ grad_f
-    greedy = greedy_select(a, InteractionFactors.dense(shifts, hf), 2)
+    greedy = greedy_select(a, 2, InteractionFactors.dense(shifts, hf))
     top = topk_select(a, 2)
     assert sorted(top.indices.tolist()) == [0, 1]
     assert 2 in greedy.indices.tolist() and not {0, 1} <= set(greedy.indices.tolist())
@@ -82,7 +82,7 @@ def test_low_rank_form_equals_dense_at_full_rank():
     assert low.left.shape == (40, 10)
     torch.testing.assert_close(low.left @ low.right.T, dense.left @ dense.right.T)
     torch.testing.assert_close(low.self_terms(), dense.self_terms())
-    sel_dense, sel_low = greedy_select(a, dense, 15), greedy_select(a, low, 15)
+    sel_dense, sel_low = greedy_select(a, 15, dense), greedy_select(a, 15, low)
     assert torch.equal(sel_dense.indices, sel_low.indices)
     torch.testing.assert_close(sel_dense.scores, sel_low.scores)
 
@@ -103,17 +103,17 @@ def test_bad_selection_input():
     a = shifts @ grad_f
     factors = InteractionFactors.dense(shifts, DenseCurvature(Hf))
     with pytest.raises(ValueError, match="k must be in"):
-        greedy_select(a, factors, 31)
+        greedy_select(a, 31, factors)
     with pytest.raises(ValueError, match="k must be in"):
         topk_select(a, 0)
     with pytest.raises(ValueError, match="empty"):
         topk_select(a[:0], 1)
     with pytest.raises(ValueError, match="candidates"):
-        greedy_select(a[:10], factors, 3)
+        greedy_select(a[:10], 3, factors)
     with pytest.raises(ValueError, match="NaN"):
         bad = a.clone()
         bad[0] = float("nan")
-        greedy_select(bad, factors, 3)
+        greedy_select(bad, 3, factors)
     with pytest.raises(ValueError, match=r"\(C, d\)"):
         InteractionFactors(shifts, shifts[:, :3])
 
@@ -123,7 +123,66 @@ def test_bad_selection_input():
 def test_greedy_on_cuda_matches_cpu():
     shifts, Hf, grad_f = random_problem(C=200, p=16)
     a = shifts @ grad_f
-    cpu = greedy_select(a, InteractionFactors.dense(shifts, DenseCurvature(Hf)), 20)
+    cpu = greedy_select(a, 20, InteractionFactors.dense(shifts, DenseCurvature(Hf)))
     dev = torch.device("cuda")
-    gpu = greedy_select(a.to(dev), InteractionFactors.dense(shifts.to(dev), DenseCurvature(Hf.to(dev))), 20)
+    gpu = greedy_select(a.to(dev), 20, InteractionFactors.dense(shifts.to(dev), DenseCurvature(Hf.to(dev))))
     assert torch.equal(cpu.indices, gpu.indices.cpu())
+
+
+def test_basu_terms_in_greedy_equal_brute_force(mlp_task):
+    """F+B and F+I+B greedy: every step's score equals the from-scratch objective difference built
+    from explicit per-example Hessians, and the pick is its argmin."""
+    from groupinf.curvature import EigenCurvature, exact_hessian
+    from groupinf.products import per_example_hvp
+    from groupinf.selection import BasuFactors
+
+    task, theta, X, y = mlp_task
+    n = len(X)
+    H = exact_hessian(task, theta, X, y, n) + torch.eye(theta.numel(), dtype=theta.dtype)
+    curvature = EigenCurvature(H)
+    grads = torch.stack(
+        [
+            torch.autograd.functional.jacobian(lambda th, i=i: task.losses(th, X[i : i + 1], y[i : i + 1])[0], theta)
+            for i in range(n)
+        ]
+    )
+    shifts = curvature.solve(grads) / n
+    grad_f = task.target.gradient(task, theta)
+    q = curvature.solve(grad_f[None])[0] / n
+    response = per_example_hvp(task, theta, X, y, q)
+    hessians = [
+        torch.autograd.functional.hessian(lambda th, i=i: task.losses(th, X[i : i + 1], y[i : i + 1])[0], theta)
+        for i in range(n)
+    ]
+    torch.testing.assert_close(response, torch.stack([Hz @ q for Hz in hessians]))
+    basu = BasuFactors(response, shifts, n)
+    Hf = task.target.hessian(task, theta)
+    a = shifts @ grad_f
+
+    def objective(S, with_interaction):
+        if not S:
+            return torch.tensor(0.0, dtype=theta.dtype)
+        frac = len(S) / n
+        delta_s = shifts[S].sum(0)
+        r = torch.linalg.solve(H, sum(hessians[z] for z in S) @ delta_s) / n
+        value = grad_f @ (-(1 + 2 * frac) / (1 + frac) ** 2 * delta_s + r / (1 + frac) ** 2)
+        return value + 0.5 * delta_s @ Hf @ delta_s if with_interaction else value
+
+    for with_interaction in (False, True):
+        inter = InteractionFactors.dense(shifts, DenseCurvature(Hf)) if with_interaction else None
+        sel = greedy_select(a, 6, inter, basu)
+        assert sel.terms == ("F+I+B" if with_interaction else "F+B")
+        chosen: list[int] = []
+        for step in range(6):
+            base = objective(chosen, with_interaction)
+            gains = torch.stack(
+                [
+                    objective([*chosen, c], with_interaction) - base if c not in chosen else torch.tensor(float("inf"))
+                    for c in range(n)
+                ]
+            )
+            best = int(torch.argmin(gains))
+            assert int(sel.indices[step]) == best
+            torch.testing.assert_close(sel.scores[step], gains[best])
+            chosen.append(best)
+        torch.testing.assert_close(marginal_scores(a, sel.indices, inter, basu), sel.scores)

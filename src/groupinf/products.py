@@ -47,3 +47,32 @@ def loss_ggn_vp(task: Task, theta: Tensor, inputs: Tensor, V: Tensor, batch_size
 
         out += vmap(one)(V)
     return out
+
+
+def per_example_hvp(
+    task: Task, theta: Tensor, inputs: Tensor, targets: Tensor, v: Tensor, batch_size: int = 256
+) -> Tensor:
+    """``∇²l_i(θ) v`` for every example and one vector ``v`` ``(p,)``: ``(N, p)``."""
+    check_inputs(theta, inputs, v, what="inputs and vector")
+
+    def single(x: Tensor, y: Tensor) -> Tensor:
+        g = torch.func.grad(lambda t: task.losses(t, x.unsqueeze(0), y.unsqueeze(0))[0])
+        return jvp(g, (theta,), (v,))[1]
+
+    return torch.cat([vmap(single)(inputs[sl], targets[sl]) for sl in batches(len(inputs), batch_size)])
+
+
+def per_example_ggn_vp(task: Task, theta: Tensor, inputs: Tensor, v: Tensor, batch_size: int = 256) -> Tensor:
+    """``Φ_iᵀ Λ_i Φ_i v`` for every example and one vector ``v`` ``(p,)``: ``(N, p)``."""
+    check_inputs(theta, inputs, v, what="inputs and vector")
+
+    def single(x: Tensor) -> Tensor:
+        def output(t: Tensor) -> Tensor:
+            return task.outputs(t, x.unsqueeze(0))
+
+        h, jv = jvp(output, (theta,), (v,))
+        lam = task.loss.output_hessian(h.detach())
+        _, pullback = vjp(output, theta)
+        return pullback(torch.einsum("bij,bj->bi", lam, jv))[0]
+
+    return torch.cat([vmap(single)(inputs[sl]) for sl in batches(len(inputs), batch_size)])

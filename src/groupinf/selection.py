@@ -78,6 +78,8 @@ def check_first_order(first_order: Tensor, factors: InteractionFactors | None = 
     if not torch.isfinite(first_order).all():
         raise ValueError("first-order scores contain NaN or inf")
     if factors is not None:
+        if factors.left.dtype != first_order.dtype:
+            raise ValueError(f"scores are {first_order.dtype} but factors are {factors.left.dtype}")
         if factors.num_candidates != len(first_order):
             raise ValueError(
                 f"{len(first_order)} first-order scores but {factors.num_candidates} candidates in the factors"
@@ -88,29 +90,90 @@ def check_first_order(first_order: Tensor, factors: InteractionFactors | None = 
             raise ValueError("interaction factors contain NaN or inf")
 
 
-def greedy_select(first_order: Tensor, factors: InteractionFactors, k: int, progress: bool = False) -> Selection:
-    """Algorithm 1: ``k`` greedy steps, each an ``argmin`` of ``m(c|S)`` and one accumulator update.
+@dataclass(frozen=True)
+class BasuFactors:
+    """Basu et al.'s second-order response for ADDING a set ``S`` (groupinf's extension to selection).
 
-    ``first_order`` is ``a_c = ∇fᵀδ_c`` ``(C,)``. Cost ``O(k·C·d)``; memory ``O(C)`` beyond the factors.
+    Removal (MATH.md): ``Δθ_B = (1−2p)/(1−p)² δ_G + 1/(1−p)² (1/n) H⁻¹ H_G δ_G``. The same
+    second-order expansion of ``θ_ε`` at ``ε = +1/n`` per example gives, with ``p → −p``,
+    ``Δθ_B^add(S) = −(1+2p)/(1+p)² δ_S + 1/(1+p)² (1/n) H⁻¹ H_S δ_S``, ``p = |S|/n``. Its target term
+    ``∇fᵀ(1/n)H⁻¹H_Sδ_S = Σ_{z,c∈S} w_zᵀ δ_c`` with ``w_z = H_z q`` and ``q = (1/n) H⁻¹ ∇f``.
+    ``response`` holds ``w_c`` and ``shifts`` holds ``δ_c``, both ``(C, p)``.
     """
-    check_first_order(first_order, factors)
-    check_budget(k, factors.num_candidates)
-    dtype = factors.left.dtype
-    base = 0.5 * factors.self_terms() - first_order.to(dtype)
-    accumulator = torch.zeros_like(base)  # x_c = δ_cᵀ H_f δ_S
-    taken = torch.zeros_like(base, dtype=torch.bool)
-    score = torch.empty_like(base)
-    indices = torch.empty(k, dtype=torch.long, device=base.device)
-    scores = torch.empty(k, dtype=dtype, device=base.device)
+
+    response: Tensor
+    shifts: Tensor
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.response.ndim != 2 or self.response.shape != self.shifts.shape:
+            raise ValueError(
+                f"Basu factors must both be (C, p), got {tuple(self.response.shape)} and {tuple(self.shifts.shape)}"
+            )
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+
+    def coefficients(self, size: int) -> tuple[float, float]:
+        """``(c₁, c₂)`` of ``∇fᵀΔθ_B^add = −c₁ a_S + c₂ K_S`` for a set of ``size`` candidates."""
+        frac = size / self.n
+        return (1 + 2 * frac) / (1 + frac) ** 2, 1 / (1 + frac) ** 2
+
+    def self_terms(self) -> Tensor:
+        """``K_cc = w_cᵀ δ_c`` ``(C,)``."""
+        return (self.response * self.shifts).sum(dim=1)
+
+
+def greedy_select(
+    first_order: Tensor,
+    k: int,
+    interactions: InteractionFactors | None = None,
+    basu: BasuFactors | None = None,
+    progress: bool = False,
+) -> Selection:
+    """Algorithm 1: ``k`` greedy steps, each an ``argmin`` of the marginal score and accumulator updates.
+
+    ``first_order`` is ``a_c = ∇fᵀδ_c`` ``(C,)``. With ``interactions`` the objective has the term
+    ``½ δ_Sᵀ H_f δ_S`` (F+I, Eq. 12); with ``basu`` the first-order term becomes Basu's addition
+    response (F+B; both: F+I+B); with neither it is top-k by F. Cost ``O(k·C·d)``, memory ``O(C)``
+    beyond the factors.
+    """
+    check_first_order(first_order, interactions)
+    num = len(first_order)
+    check_budget(k, num)
+    if basu is not None and len(basu.shifts) != num:
+        raise ValueError(f"{num} first-order scores but {len(basu.shifts)} candidates in the Basu factors")
+    a = first_order
+    zeros = torch.zeros_like(a)
+    self_inter = 0.5 * interactions.self_terms() if interactions is not None else zeros
+    self_basu = basu.self_terms() if basu is not None else zeros
+    x = torch.zeros_like(a)  # δ_cᵀ H_f δ_S
+    y = torch.zeros_like(a)  # Σ_{s∈S} (w_cᵀδ_s + w_sᵀδ_c)
+    a_set = torch.zeros((), dtype=a.dtype, device=a.device)
+    k_set = torch.zeros((), dtype=a.dtype, device=a.device)
+    taken = torch.zeros(num, dtype=torch.bool, device=a.device)
+    indices = torch.empty(k, dtype=torch.long, device=a.device)
+    scores = torch.empty(k, dtype=a.dtype, device=a.device)
+    score = torch.empty_like(a)
     for step in tqdm(range(k), desc="greedy", disable=not progress):
-        torch.add(base, accumulator, out=score)
+        if basu is None:
+            torch.add(self_inter - a, x, out=score)
+        else:
+            (c1_old, c2_old), (c1, c2) = basu.coefficients(step), basu.coefficients(step + 1)
+            score = c1 * (-a_set - a) + c1_old * a_set + c2 * (k_set + self_basu + y) - c2_old * k_set
+            score += x + self_inter
         score.masked_fill_(taken, float("inf"))
         best = torch.argmin(score)
         indices[step] = best
         scores[step] = score[best]
         taken[best] = True
-        accumulator.addmv_(factors.left, factors.right[best])
-    return Selection(indices, scores, "greedy", "F+I")
+        if interactions is not None:
+            x.addmv_(interactions.left, interactions.right[best])
+        if basu is not None:
+            a_set += a[best]
+            k_set += self_basu[best] + y[best]
+            y.addmv_(basu.response, basu.shifts[best]).addmv_(basu.shifts, basu.response[best])
+    terms = "F" + ("+I" if interactions is not None else "") + ("+B" if basu is not None else "")
+    return Selection(indices, scores, "greedy", terms)
 
 
 def topk_select(first_order: Tensor, k: int) -> Selection:
@@ -130,15 +193,32 @@ def random_select(first_order: Tensor, k: int, seed: int = 0) -> Selection:
     return Selection(indices, -first_order[indices], "random", "F")
 
 
-def marginal_scores(first_order: Tensor, factors: InteractionFactors, indices: Tensor) -> Tensor:
-    """F+I marginal score of each pick of any ordered selection ``(k,)``, from scratch (``O(k²d)``)."""
-    check_first_order(first_order, factors)
-    gram = factors.left[indices] @ factors.right[indices].T  # δ_iᵀ H_f δ_j
-    earlier = torch.tril(gram, diagonal=-1).sum(dim=1)
-    return -first_order[indices].to(gram.dtype) + earlier + 0.5 * gram.diagonal()
+def marginal_scores(
+    first_order: Tensor,
+    indices: Tensor,
+    interactions: InteractionFactors | None = None,
+    basu: BasuFactors | None = None,
+) -> Tensor:
+    """Marginal score of each pick of any ordered selection ``(k,)``: differences of the objective
+    over its prefixes, from scratch (``O(k³d)``; for reports and tests, not for large ``k``)."""
+    prefix = [addition_objective(first_order, indices[: t + 1], interactions, basu) for t in range(len(indices))]
+    values = torch.stack(prefix)
+    return values - torch.cat([values.new_zeros(1), values[:-1]])
 
 
-def addition_objective(first_order: Tensor, factors: InteractionFactors, indices: Tensor) -> Tensor:
-    """``Î_add(S) = −Σ_{c∈S} a_c + ½ Σ_{i,j∈S} δ_iᵀ H_f δ_j`` computed from scratch (a scalar)."""
-    gram = factors.left[indices] @ factors.right[indices].T
-    return -first_order[indices].sum().to(gram.dtype) + 0.5 * gram.sum()
+def addition_objective(
+    first_order: Tensor,
+    indices: Tensor,
+    interactions: InteractionFactors | None = None,
+    basu: BasuFactors | None = None,
+) -> Tensor:
+    """The objective greedy minimises, from scratch (a scalar): ``−Σ_{c∈S} a_c`` (or Basu's
+    ``−c₁ a_S + c₂ K_S``) plus ``½ Σ_{i,j∈S} δ_iᵀ H_f δ_j`` when ``interactions`` are given."""
+    a_set = first_order[indices].sum()
+    value = -a_set
+    if basu is not None:
+        c1, c2 = basu.coefficients(len(indices))
+        value = -c1 * a_set + c2 * (basu.response[indices] @ basu.shifts[indices].T).sum()
+    if interactions is not None:
+        value = value + 0.5 * (interactions.left[indices] @ interactions.right[indices].T).sum()
+    return value
