@@ -7,10 +7,12 @@ from groupinf.products import loss_ggn_vp, loss_hvp, per_example_ggn_vp, per_exa
 def test_summed_and_per_example_products_against_dense_matrices(mlp_task):
     task, theta, X, y = mlp_task
     X, y = X[:9], y[:9]
-    hessians = torch.stack([
-        torch.autograd.functional.hessian(lambda th, i=i: task.losses(th, X[i : i + 1], y[i : i + 1])[0], theta)
-        for i in range(len(X))
-    ])
+    hessians = torch.stack(
+        [
+            torch.autograd.functional.hessian(lambda th, i=i: task.losses(th, X[i : i + 1], y[i : i + 1])[0], theta)
+            for i in range(len(X))
+        ]
+    )
     jac = per_example_jacobians(task, theta, X)
     lam = task.loss.output_hessian(task.outputs(theta, X))
     ggns = torch.einsum("bcp,bcd,bdq->bpq", jac, lam, jac)

@@ -1,4 +1,4 @@
-"""The ``groupinf`` command line."""
+"""The ``groupinf`` command line: faithfulness, select, selection-eval."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 
 from groupinf.curvature import Damping
 from groupinf.training import ConvergenceError
+
+DATA_HELP = "digits | fashion-mnist | mnist | cifar10 | concrete | parkinsons | PATH.npz | PATH.csv"
 
 
 def parse_damping(text: str) -> Damping:
@@ -24,66 +26,175 @@ def parse_damping(text: str) -> Damping:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="groupinf", description="Interaction-aware group influence.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def parse_ints(text: str) -> tuple[int, ...]:
+    """``"64,64"`` -> ``(64, 64)``."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
 
+
+def add_faithfulness(commands: argparse._SubParsersAction) -> None:
     faith = commands.add_parser(
         "faithfulness",
         help="rank-correlate group estimators with leave-group-out retraining (paper §4)",
         description="Train to convergence, retrain without each nearest-neighbour group and report the "
         "Spearman correlation of F, F+I, F+B and F+I+B with the true change in mean test loss.",
     )
-    faith.add_argument(
-        "--data",
-        default="digits",
-        help="digits | fashion-mnist | mnist | cifar10 | concrete | parkinsons | PATH.npz | PATH.csv (default: digits)",
-    )
+    faith.add_argument("--data", default="digits", help=f"{DATA_HELP} (default: digits)")
     faith.add_argument("--data-dir", default=None, help="directory holding the data set's files")
     faith.add_argument("--model", default="lr", choices=["lr"], help="lr: logistic / linear regression")
     faith.add_argument("--groups", type=int, default=50, help="number of groups (default 50)")
     faith.add_argument(
-        "--group-size",
-        type=int,
-        default=None,
-        help="examples per group, anchor included (default: 5%% of the training set)",
+        "--group-size", type=int, default=None, help="examples per group, anchor included (default: 5%% of n)"
     )
     faith.add_argument("--seed", type=int, default=0, help="seed for the anchors (default 0)")
     faith.add_argument(
-        "--damping",
-        type=parse_damping,
-        default=0.0,
-        help="damping ρ added to the Hessian: a number or 'heuristic' (default 0)",
+        "--damping", type=parse_damping, default=0.0, help="damping ρ: a number or 'heuristic' (default 0)"
     )
-    faith.add_argument(
-        "--curvature",
-        choices=["exact", "ggn"],
-        default="exact",
-        help="training curvature: exact Hessian or Gauss-Newton (default exact)",
-    )
+    faith.add_argument("--curvature", choices=["exact", "ggn"], default="exact", help="training curvature")
     faith.add_argument("--l2", type=float, default=0.01, help="L2 strength λ of the objective (default 0.01)")
     faith.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
+
+
+def add_pool_options(parser: argparse.ArgumentParser) -> None:
+    """Options that describe the pool, the target set and θ* (shared by select and selection-eval)."""
+    parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu", help="settings preset (default cpu)")
+    parser.add_argument("--data", default=None, help=f"{DATA_HELP} (default: fashion-mnist)")
+    parser.add_argument("--data-dir", default=None, help="directory holding the data set's files")
+    parser.add_argument("--pool-size", type=int, default=None, help="candidates drawn from the training set")
+    parser.add_argument("--target-size", type=int, default=None, help="validation examples defining the target")
+    parser.add_argument("--hidden", type=parse_ints, default=None, help="MLP hidden widths, e.g. 64,64")
+    parser.add_argument("--curvature", choices=["exact", "ggn"], default=None, help="training curvature")
+    parser.add_argument("--damping", type=parse_damping, default=None, help="damping ρ or 'heuristic'")
+
+
+def add_select(commands: argparse._SubParsersAction) -> None:
+    select = commands.add_parser(
+        "select",
+        help="choose k training examples that most reduce a target (greedy F+I, top-k, random)",
+        description="Select from a saved feature file (--features) or from a pool built from --data, where "
+        "θ* is trained on the pool (or loaded from --checkpoint) and the features are saved for reuse.",
+    )
+    select.add_argument("--features", type=Path, default=None, help="a features.safetensors file to select from")
+    select.add_argument("--checkpoint", type=Path, default=None, help="θ* as a safetensors state dict")
+    add_pool_options(select)
+    select.add_argument("--k", type=int, required=True, help="number of examples to select")
+    select.add_argument("--method", choices=["greedy", "topk", "random"], default="greedy")
+    select.add_argument("--terms", choices=["F+I", "F", "F+B", "F+I+B"], default="F+I")
+    select.add_argument("--seed", type=int, default=0, help="seed of random selection")
+    select.add_argument("--device", default="cpu", help="torch device for the selection loop (cpu, cuda, ...)")
+    select.add_argument("--out", type=Path, required=True, help="output directory")
+
+
+def add_selection_eval(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser(
+        "selection-eval",
+        help="retrain on each method's selections: test loss and class entropy vs budget (paper §5.1)",
+    )
+    add_pool_options(evaluate)
+    evaluate.add_argument("--budgets", type=parse_ints, default=None, help="budgets, e.g. 20,40,80")
+    evaluate.add_argument("--seeds", type=int, default=None, help="retraining seeds per subset")
+    evaluate.add_argument("--workers", type=int, default=None, help="retraining processes")
+    evaluate.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="groupinf", description="Interaction-aware group influence.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_faithfulness(commands)
+    add_select(commands)
+    add_selection_eval(commands)
     return parser
+
+
+def pool_config(args: argparse.Namespace, **extra: object):
+    from groupinf.experiments.selection_eval import with_overrides
+
+    return with_overrides(
+        args.preset,
+        data=args.data,
+        data_dir=args.data_dir,
+        pool_size=args.pool_size,
+        target_size=args.target_size,
+        hidden=args.hidden,
+        curvature=args.curvature,
+        damping=args.damping,
+        **extra,
+    )
+
+
+def run_faithfulness(args: argparse.Namespace) -> None:
+    from groupinf.experiments.faithfulness import FaithfulnessConfig, format_table, run_faithfulness
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "out")}
+    config = FaithfulnessConfig(**options)
+    results = run_faithfulness(config, args.out)
+    print(
+        f"\n{config.data} / {config.model}: {config.groups} groups of {results['group_size']} "
+        f"(n = {results['n_train']}), curvature {config.curvature}, damping {results['damping']:.3g}"
+    )
+    print(format_table(results))
+    print(f"\nwrote {args.out / 'results.json'}")
+
+
+def run_select(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from groupinf.experiments.selection_eval import pool_features, prepare_pool
+    from groupinf.features import SelectionFeatures, select_from_features
+    from groupinf.files import atomic_save_npy, atomic_write_json
+
+    pool_indices = None
+    if args.features is not None:
+        features = SelectionFeatures.load(args.features, args.device)
+    else:
+        config = pool_config(args)
+        shared, target = prepare_pool(config)
+        if args.k > config.pool_size:
+            raise ValueError(f"k = {args.k} is larger than the pool ({config.pool_size} candidates)")
+        work = args.out / "work" / config.fingerprint()
+        features = pool_features(config, shared, target, work, args.checkpoint).to(args.device)
+        pool_indices = shared["pool_indices"]
+    selection = select_from_features(features, args.k, args.method, args.terms, args.seed, progress=True)
+    indices = selection.indices.cpu().numpy()
+    record = {
+        "method": selection.method,
+        "terms": selection.terms,
+        "k": args.k,
+        "indices": indices.tolist(),
+        "scores": selection.scores.cpu().tolist(),
+    }
+    if pool_indices is not None:
+        record["train_indices"] = pool_indices[indices].tolist()
+    atomic_save_npy(args.out / "selection.npy", indices.astype(np.int64))
+    atomic_write_json(args.out / "selection.json", record)
+    print(f"selected {args.k} of {features.num_candidates} candidates ({selection.method}, {selection.terms})")
+    print(f"wrote {args.out / 'selection.json'} and {args.out / 'selection.npy'}")
+
+
+def run_selection_eval(args: argparse.Namespace) -> None:
+    from groupinf.experiments.selection_eval import format_table, run_selection_eval
+
+    config = pool_config(args, budgets=args.budgets, seeds=args.seeds, workers=args.workers)
+    results = run_selection_eval(config, args.out)
+    print(format_table(results))
+    print(f"wrote {results['out']}/results.json, results.md and selection.png")
+
+
+COMMANDS = {"faithfulness": run_faithfulness, "select": run_select, "selection-eval": run_selection_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "faithfulness":
-        from groupinf.experiments.faithfulness import FaithfulnessConfig, format_table, run_faithfulness
-
-        options = {k: v for k, v in vars(args).items() if k not in ("command", "out")}
-        try:
-            config = FaithfulnessConfig(**options)
-            results = run_faithfulness(config, args.out)
-        except (ValueError, FileNotFoundError, ConvergenceError) as error:
-            print(f"groupinf: error: {error}", file=sys.stderr)
-            return 2
-        print(
-            f"\n{config.data} / {config.model}: {config.groups} groups of {results['group_size']} "
-            f"(n = {results['n_train']}), curvature {config.curvature}, damping {results['damping']:.3g}"
-        )
-        print(format_table(results))
-        print(f"\nwrote {args.out / 'results.json'}")
+    try:
+        COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, ConvergenceError) as error:
+        print(f"groupinf: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

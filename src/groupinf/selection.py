@@ -176,12 +176,27 @@ def greedy_select(
     return Selection(indices, scores, "greedy", terms)
 
 
-def topk_select(first_order: Tensor, k: int) -> Selection:
-    """ "Additive IF": the ``k`` candidates with the largest ``a_c`` (lowest ``−a_c``), best first."""
-    check_first_order(first_order)
+def topk_select(
+    first_order: Tensor,
+    k: int,
+    interactions: InteractionFactors | None = None,
+    basu: BasuFactors | None = None,
+) -> Selection:
+    """The ``k`` best candidates by their own (singleton) objective, best first.
+
+    With neither factor this is "Additive IF": the largest ``a_c``, scores ``−a_c``.
+    """
+    check_first_order(first_order, interactions)
     check_budget(k, len(first_order))
-    values, indices = torch.topk(first_order, k)
-    return Selection(indices, -values, "topk", "F")
+    single = -first_order
+    if basu is not None:
+        c1, c2 = basu.coefficients(1)
+        single = -c1 * first_order + c2 * basu.self_terms()
+    if interactions is not None:
+        single = single + 0.5 * interactions.self_terms()
+    values, indices = torch.topk(single, k, largest=False)
+    terms = "F" + ("+I" if interactions is not None else "") + ("+B" if basu is not None else "")
+    return Selection(indices, values, "topk", terms)
 
 
 def random_select(first_order: Tensor, k: int, seed: int = 0) -> Selection:

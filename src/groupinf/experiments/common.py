@@ -1,0 +1,42 @@
+"""Pieces the experiments share: tensors from a data set, curvature by name, class entropy."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from groupinf.curvature import Curvature, Damping, EigenCurvature, exact_hessian, gauss_newton
+from groupinf.data import Dataset
+from groupinf.task import Task
+
+CURVATURES = ("exact", "ggn")
+
+
+def as_tensors(data: Dataset, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """``X_train``, ``y_train``, ``X_test``, ``y_test`` as tensors (labels int64, or ``dtype`` for regression)."""
+    label_dtype = torch.int64 if data.kind == "classification" else dtype
+    return {
+        "X_train": torch.as_tensor(data.X_train, dtype=dtype),
+        "y_train": torch.as_tensor(data.y_train, dtype=label_dtype),
+        "X_test": torch.as_tensor(data.X_test, dtype=dtype),
+        "y_test": torch.as_tensor(data.y_test, dtype=label_dtype),
+    }
+
+
+def fit_curvature(
+    kind: str, task: Task, theta: Tensor, inputs: Tensor, targets: Tensor, n: int, damping: Damping
+) -> Curvature:
+    """The training curvature named ``kind`` fitted at ``theta`` on ``(inputs, targets)``."""
+    if kind == "exact":
+        return EigenCurvature(exact_hessian(task, theta, inputs, targets, n), damping)
+    if kind == "ggn":
+        return EigenCurvature(gauss_newton(task, theta, inputs, n), damping)
+    raise ValueError(f"curvature must be one of {CURVATURES}, got {kind!r}")
+
+
+def class_entropy(labels: np.ndarray, num_classes: int) -> float:
+    """Shannon entropy ``−Σ_c p_c log p_c`` (nats) of the label distribution."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())

@@ -1,0 +1,78 @@
+"""Resumable, optionally parallel execution of many independent jobs (retrainings).
+
+Each finished job's JSON result is written to ``cache_dir/<key>.json`` (write, then rename) as soon
+as it finishes, so an interrupted run loses at most the jobs in flight and a rerun skips the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from groupinf.files import atomic_write_json
+
+JobFn = Callable[[Any, Any], Any]
+
+_shared: Any = None
+
+
+def _init_worker(shared: Any, threads: int) -> None:
+    global _shared
+    _shared = shared
+    torch.set_num_threads(threads)
+
+
+def _call(fn: JobFn, job: Any) -> Any:
+    return fn(_shared, job)
+
+
+def run_jobs(
+    fn: JobFn,
+    jobs: Mapping[str, Any],
+    cache_dir: Path,
+    shared: Any = None,
+    workers: int = 1,
+    desc: str = "jobs",
+) -> dict[str, Any]:
+    """``{key: fn(shared, job)}`` for every job, reusing results cached in ``cache_dir``.
+
+    ``fn`` must be a module-level function (it is pickled to worker processes); results must be
+    JSON-serialisable. ``shared`` is sent once per worker, not once per job.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    pending = {}
+    for key, job in jobs.items():
+        path = cache_dir / f"{key}.json"
+        if path.exists():
+            results[key] = json.loads(path.read_text())["result"]
+        else:
+            pending[key] = job
+    progress = tqdm(total=len(jobs), initial=len(results), desc=desc)
+
+    def finish(key: str, result: Any) -> None:
+        atomic_write_json(cache_dir / f"{key}.json", {"key": key, "result": result})
+        results[key] = result
+        progress.update()
+
+    if workers == 1 or len(pending) <= 1:
+        for key, job in pending.items():
+            finish(key, fn(shared, job))
+    else:
+        threads = max(1, torch.get_num_threads() // workers)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, context, _init_worker, (shared, threads)) as pool:
+            futures = {pool.submit(_call, fn, job): key for key, job in pending.items()}
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
+    progress.close()
+    return {key: results[key] for key in jobs}

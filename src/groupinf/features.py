@@ -1,0 +1,166 @@
+"""Per-candidate selection features: computed once from a fitted model, stored, reused by ``select``.
+
+For candidates ``c`` (addition setting, gradients at ``θ*``, ``H`` and ``n`` of the training set):
+``first_order`` ``a_c = ∇fᵀδ_c`` ``(C,)``; interaction factors ``left``/``right`` ``(C, d)`` with
+``δ_cᵀH_fδ_c' = left_c·right_c'`` (dense: ``d = p``; low-rank ``H_f``: ``d = r``); optionally Basu's
+``w_c = H_c q`` and ``δ_c`` ``(C, p)``. Stored as one safetensors file, written then renamed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from groupinf.curvature import Curvature
+from groupinf.curvature_ops import LowRankCurvature, TargetCurvature
+from groupinf.files import atomic_path
+from groupinf.gradients import per_example_gradients
+from groupinf.influence import compute_shifts
+from groupinf.products import per_example_ggn_vp, per_example_hvp
+from groupinf.selection import BasuFactors, InteractionFactors, Selection, greedy_select, random_select, topk_select
+from groupinf.task import Task
+
+FORMAT = "groupinf-selection-features/1"
+TERMS = ("F", "F+I", "F+B", "F+I+B")
+
+
+@dataclass
+class SelectionFeatures:
+    """Everything greedy selection needs about a candidate pool (see the module docstring)."""
+
+    first_order: Tensor
+    interactions: InteractionFactors
+    basu: BasuFactors | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        num = len(self.first_order)
+        if self.interactions.num_candidates != num:
+            raise ValueError(
+                f"feature files disagree: {num} first-order scores but {self.interactions.num_candidates} "
+                "rows of interaction factors"
+            )
+        if self.basu is not None and len(self.basu.shifts) != num:
+            raise ValueError(f"feature files disagree: {num} first-order scores but {len(self.basu.shifts)} Basu rows")
+
+    @property
+    def num_candidates(self) -> int:
+        return len(self.first_order)
+
+    def parts(self, terms: str) -> tuple[InteractionFactors | None, BasuFactors | None]:
+        """The factors that the objective named by ``terms`` (F, F+I, F+B, F+I+B) uses."""
+        if terms not in TERMS:
+            raise ValueError(f"terms must be one of {TERMS}, got {terms!r}")
+        if "B" in terms and self.basu is None:
+            raise ValueError("these features have no Basu factors; recompute them with basu='exact' or 'ggn'")
+        return (self.interactions if "I" in terms else None), (self.basu if "B" in terms else None)
+
+    def to(self, device: str | torch.device) -> SelectionFeatures:
+        """A copy with every tensor on ``device`` (shared shifts stay shared)."""
+        moved: dict[int, Tensor] = {}
+
+        def move(t: Tensor) -> Tensor:
+            return moved.setdefault(id(t), t.to(device))
+
+        interactions = InteractionFactors(move(self.interactions.left), move(self.interactions.right))
+        basu = None
+        if self.basu is not None:
+            basu = BasuFactors(move(self.basu.response), move(self.basu.shifts), self.basu.n)
+        return SelectionFeatures(move(self.first_order), interactions, basu, dict(self.meta))
+
+    def save(self, path: str | Path) -> None:
+        tensors = {
+            "first_order": self.first_order,
+            "left": self.interactions.left,
+            "right": self.interactions.right,
+        }
+        meta = {**self.meta, "format": FORMAT}
+        if self.basu is not None:
+            tensors["basu_response"] = self.basu.response
+            meta["basu_n"] = str(self.basu.n)
+            if self.basu.shifts is not self.interactions.right:  # dense factors already hold δ as `right`
+                tensors["basu_shifts"] = self.basu.shifts
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SelectionFeatures:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no feature file at {path}; create one with `groupinf select --save-features`")
+        try:
+            tensors = load_file(str(path), device=str(device))
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+        except (SafetensorError, ValueError, OSError) as error:
+            raise ValueError(f"{path} is not a readable safetensors feature file: {error}") from error
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a groupinf feature file (format {meta.get('format')!r}, want {FORMAT!r})")
+        missing = {"first_order", "left", "right"} - set(tensors)
+        if missing:
+            raise ValueError(f"{path} lacks the arrays {sorted(missing)}")
+        basu = None
+        if "basu_response" in tensors:
+            shifts = tensors.get("basu_shifts", tensors["right"])
+            basu = BasuFactors(tensors["basu_response"], shifts, int(meta["basu_n"]))
+        interactions = InteractionFactors(tensors["left"], tensors["right"])
+        return cls(tensors["first_order"], interactions, basu, meta)
+
+
+def compute_features(
+    task: Task,
+    theta: Tensor,
+    curvature: Curvature,
+    inputs: Tensor,
+    targets: Tensor,
+    n: int,
+    hf: TargetCurvature,
+    basu: Literal["exact", "ggn"] | None = None,
+    batch_size: int = 256,
+) -> SelectionFeatures:
+    """Features of candidates ``(inputs, targets)`` at ``θ*`` for the task's target.
+
+    ``hf`` gives ``H_f``: a ``LowRankCurvature`` yields ``r``-dim factors, anything else ``p``-dim
+    ones (``u_c = H_f δ_c``). ``basu`` adds Basu's factors with exact or Gauss–Newton ``H_c``.
+    """
+    shifts = compute_shifts(curvature, per_example_gradients(task, theta, inputs, targets, batch_size), n)
+    grad_f = task.target.gradient(task, theta)
+    if isinstance(hf, LowRankCurvature):
+        interactions = InteractionFactors.low_rank(shifts, hf)
+    else:
+        interactions = InteractionFactors.dense(shifts, hf)
+    basu_factors = None
+    if basu is not None:
+        q = curvature.solve(grad_f[None])[0] / n
+        if basu == "exact":
+            response = per_example_hvp(task, theta, inputs, targets, q, batch_size)
+        elif basu == "ggn":
+            response = per_example_ggn_vp(task, theta, inputs, q, batch_size)
+        else:
+            raise ValueError(f"basu must be None, 'exact' or 'ggn', got {basu!r}")
+        basu_factors = BasuFactors(response, shifts, n)
+    meta = {"n": str(n), "damping": str(curvature.damping), "hf": type(hf).__name__}
+    return SelectionFeatures(shifts @ grad_f, interactions, basu_factors, meta)
+
+
+METHODS = ("greedy", "topk", "random")
+
+
+def select_from_features(
+    features: SelectionFeatures, k: int, method: str, terms: str = "F+I", seed: int = 0, progress: bool = False
+) -> Selection:
+    """``k`` candidates by ``method`` (greedy | topk | random) under the objective named by ``terms``."""
+    interactions, basu = features.parts(terms)
+    if method == "greedy":
+        return greedy_select(features.first_order, k, interactions, basu, progress)
+    if method == "topk":
+        return topk_select(features.first_order, k, interactions, basu)
+    if method == "random":
+        return random_select(features.first_order, k, seed)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")

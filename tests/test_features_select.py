@@ -1,0 +1,142 @@
+"""Selection features (compute, store, load) and the `groupinf select` / `selection-eval` commands."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from groupinf import cli
+from groupinf.curvature import EigenCurvature, gauss_newton
+from groupinf.curvature_ops import LowRankCurvature
+from groupinf.features import SelectionFeatures, compute_features, select_from_features
+from groupinf.influence import target_curvature
+
+
+@pytest.fixture
+def features(mlp_task):
+    task, theta, X, y = mlp_task
+    curvature = EigenCurvature(gauss_newton(task, theta, X, len(X)), damping=0.1)
+    return compute_features(
+        task, theta, curvature, X[:25], y[:25], len(X), target_curvature(task, theta, "ggn"), basu="ggn"
+    )
+
+
+def test_features_match_brute_force(mlp_task, features):
+    task, theta, X, y = mlp_task
+    G = gauss_newton(task, theta, X, len(X)) + 0.1 * torch.eye(theta.numel(), dtype=theta.dtype)
+    grads = torch.stack(
+        [
+            torch.autograd.functional.jacobian(lambda th, i=i: task.losses(th, X[i : i + 1], y[i : i + 1])[0], theta)
+            for i in range(25)
+        ]
+    )
+    shifts = torch.linalg.solve(G, grads.T).T / len(X)
+    grad_f = task.target.gradient(task, theta)
+    B = task.target.ggn_factor(task, theta)
+    torch.testing.assert_close(features.first_order, shifts @ grad_f)
+    torch.testing.assert_close(features.interactions.left @ features.interactions.right.T, shifts @ B.T @ B @ shifts.T)
+    low = compute_features(
+        task,
+        theta,
+        EigenCurvature(G - 0.1 * torch.eye(len(G), dtype=G.dtype), damping=0.1),
+        X[:25],
+        y[:25],
+        len(X),
+        LowRankCurvature(B),
+    )
+    assert low.interactions.left.shape == (25, len(B))
+    torch.testing.assert_close(
+        low.interactions.left @ low.interactions.right.T,
+        features.interactions.left @ features.interactions.right.T,
+    )
+
+
+def test_feature_store_round_trip(features, tmp_path):
+    path = tmp_path / "f.safetensors"
+    features.save(path)
+    loaded = SelectionFeatures.load(path)
+    torch.testing.assert_close(loaded.first_order, features.first_order)
+    torch.testing.assert_close(loaded.basu.response, features.basu.response)
+    assert loaded.basu.shifts is loaded.interactions.right  # δ stored once
+    for method, terms in [("greedy", "F+I"), ("greedy", "F+I+B"), ("topk", "F"), ("random", "F")]:
+        a = select_from_features(features, 7, method, terms, seed=3)
+        b = select_from_features(loaded, 7, method, terms, seed=3)
+        assert torch.equal(a.indices, b.indices)
+    assert [p.name for p in tmp_path.iterdir()] == ["f.safetensors"]  # no temporary file left behind
+
+
+def test_bad_feature_files(features, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no feature file"):
+        SelectionFeatures.load(tmp_path / "none.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable"):
+        SelectionFeatures.load(tmp_path / "junk.safetensors")
+    save_file({"first_order": torch.zeros(3)}, str(tmp_path / "alien.safetensors"), metadata={"format": "x"})
+    with pytest.raises(ValueError, match="not a groupinf feature file"):
+        SelectionFeatures.load(tmp_path / "alien.safetensors")
+    tensors = {
+        "first_order": torch.zeros(5),
+        "left": torch.zeros(4, 2),
+        "right": torch.zeros(4, 2),
+    }
+    save_file(tensors, str(tmp_path / "mismatch.safetensors"), metadata={"format": "groupinf-selection-features/1"})
+    with pytest.raises(ValueError, match="disagree"):
+        SelectionFeatures.load(tmp_path / "mismatch.safetensors")
+    no_basu = SelectionFeatures(features.first_order, features.interactions)
+    with pytest.raises(ValueError, match="no Basu factors"):
+        select_from_features(no_basu, 3, "greedy", "F+B")
+
+
+def test_select_command_from_features(features, tmp_path, capsys):
+    features.save(tmp_path / "f.safetensors")
+    out = tmp_path / "sel"
+    argv = ["select", "--features", tmp_path / "f.safetensors", "--k", 5, "--method", "greedy", "--out", out]
+    assert cli.main(list(map(str, argv))) == 0
+    record = json.loads((out / "selection.json").read_text())
+    expected = select_from_features(features, 5, "greedy", "F+I")
+    assert record["indices"] == expected.indices.tolist() == np.load(out / "selection.npy").tolist()
+    np.testing.assert_allclose(record["scores"], expected.scores.numpy())
+    # k larger than the pool: a clear error and nothing written.
+    bad_out = tmp_path / "bad"
+    argv = ["select", "--features", tmp_path / "f.safetensors", "--k", 26, "--out", bad_out]
+    assert cli.main(list(map(str, argv))) == 2
+    assert "k must be in [1, 25]" in capsys.readouterr().err
+    assert not bad_out.exists()
+
+
+def test_select_and_selection_eval_from_data(tmp_path, capsys):
+    pool = ["--data", "digits", "--pool-size", 300, "--target-size", 200, "--hidden", "16"]
+    out = tmp_path / "sel"
+    assert cli.main(list(map(str, ["select", *pool, "--k", 12, "--terms", "F+I+B", "--out", out]))) == 0
+    record = json.loads((out / "selection.json").read_text())
+    assert len(record["train_indices"]) == 12 == len(set(record["indices"]))
+    assert record["terms"] == "F+I+B"
+    argv = ["selection-eval", *pool, "--budgets", "5,10", "--seeds", 2, "--workers", 1, "--out", tmp_path / "ev"]
+    assert cli.main(list(map(str, argv))) == 0
+    (run_dir,) = (tmp_path / "ev").iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["results"]) == {"F+I", "F", "F+B", "F+I+B", "random"}
+    for rows in results["results"].values():
+        assert set(rows) == {"5", "10"}
+        assert all(np.isfinite(r["test_loss_mean"]) and 0 <= r["class_entropy"] <= np.log(10) for r in rows.values())
+    assert (run_dir / "selection.png").stat().st_size > 10_000
+    assert "F+I test loss" in (run_dir / "results.md").read_text()
+    assert cli.main(list(map(str, ["select", *pool[:-2], "--pool-size", 0, "--k", 1, "--out", out]))) == 2
+    assert cli.main(list(map(str, ["select", *pool, "--target-size", 0, "--k", 1, "--out", out]))) == 2
+    assert cli.main(list(map(str, ["select", *pool, "--k", 301, "--out", tmp_path / "big"]))) == 2
+    assert not (tmp_path / "big").exists()
+
+
+def test_select_from_a_checkpoint_reproduces_the_trained_selection(tmp_path):
+    pool = ["--data", "digits", "--pool-size", 200, "--target-size", 100, "--hidden", "8", "--k", 6]
+    assert cli.main(list(map(str, ["select", *pool, "--out", tmp_path / "a"]))) == 0
+    (checkpoint,) = (tmp_path / "a").rglob("theta_star.safetensors")
+    argv = ["select", *pool, "--checkpoint", checkpoint, "--out", tmp_path / "b"]
+    assert cli.main(list(map(str, argv))) == 0
+    first, second = (json.loads((tmp_path / d / "selection.json").read_text()) for d in "ab")
+    assert first["indices"] == second["indices"]
+    assert not list((tmp_path / "b").rglob("theta_star.safetensors"))  # loaded, not retrained
+    bad = ["select", *pool, "--hidden", "9", "--checkpoint", checkpoint, "--out", tmp_path / "c"]
+    assert cli.main(list(map(str, bad))) == 2
