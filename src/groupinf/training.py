@@ -3,6 +3,7 @@ assume), and seeded minibatch SGD for neural networks (the paper's Table 3 setti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,11 +83,13 @@ def train_sgd(
     config: SGDConfig,
     seed: int = 0,
     progress: bool = False,
+    on_epoch_end: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Train ``model`` in place on the mean per-example loss; returns the mean training loss per epoch.
 
     The shuffling order is seeded by ``seed``; initialise the model under the same seed for a
-    reproducible run. The model is left in ``eval()`` mode.
+    reproducible run. ``on_epoch_end(epoch, lr)`` is called after each epoch with the learning rate
+    that epoch used (for TracIn checkpoints). The model is left in ``eval()`` mode.
     """
     check_inputs(next(model.parameters()).detach(), inputs, what="training inputs")
     generator = torch.Generator().manual_seed(seed)
@@ -96,7 +99,7 @@ def train_sgd(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs) if config.cosine else None
     history = []
     model.train()
-    for _ in tqdm(range(config.epochs), desc="SGD epochs", disable=not progress, leave=False):
+    for epoch in tqdm(range(config.epochs), desc="SGD epochs", disable=not progress, leave=False):
         order = torch.randperm(len(inputs), generator=generator).to(inputs.device)
         total = 0.0
         for start in range(0, len(inputs), config.batch_size):
@@ -106,10 +109,14 @@ def train_sgd(
             batch_loss.backward()
             optimizer.step()
             total += batch_loss.item() * len(idx)
-        if scheduler is not None:
-            scheduler.step()
         if not torch.isfinite(torch.tensor(total)):
             raise ConvergenceError("SGD diverged (the training loss became NaN or inf); lower the learning rate")
         history.append(total / len(inputs))
+        if on_epoch_end is not None:
+            model.eval()
+            on_epoch_end(epoch, optimizer.param_groups[0]["lr"])
+            model.train()
+        if scheduler is not None:
+            scheduler.step()
     model.eval()
     return history

@@ -7,17 +7,25 @@ import numpy as np
 from groupinf.data.dataset import Dataset
 
 
-def standardize(data: Dataset) -> Dataset:
-    """Flatten features to ``(n, d)`` and standardise with the training mean and std (std 0 → 1)."""
-    train = data.X_train.reshape(len(data.X_train), -1).astype(np.float64)
-    test = data.X_test.reshape(len(data.X_test), -1).astype(np.float64)
+def standardize(data: Dataset, flatten: bool = True) -> Dataset:
+    """Standardise features with the training mean and std per feature (std 0 → 1), flattened to
+    ``(n, d)`` unless ``flatten`` is False; regression targets are standardised the same way."""
+    train = data.X_train.astype(np.float64)
+    test = data.X_test.astype(np.float64)
+    if flatten:
+        train, test = train.reshape(len(train), -1), test.reshape(len(test), -1)
     mean, std = train.mean(axis=0), train.std(axis=0)
     std[std == 0] = 1.0
+    y_train, y_test = data.y_train, data.y_test
+    if data.kind == "regression":
+        y_mean, y_std = y_train.mean(), y_train.std() or 1.0
+        y_train = ((y_train - y_mean) / y_std).astype(np.float32)
+        y_test = ((y_test - y_mean) / y_std).astype(np.float32)
     return Dataset(
         data.name,
         ((train - mean) / std).astype(np.float32),
-        data.y_train,
+        y_train,
         ((test - mean) / std).astype(np.float32),
-        data.y_test,
+        y_test,
         data.kind,
     )
