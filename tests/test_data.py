@@ -247,9 +247,7 @@ def test_load_parkinsons_splits_by_subject(tmp_path):
     assert data.X_train.shape[1] == 19
     assert len(data.X_train) + len(data.X_test) == 30
     assert len(data.X_test) == 2 * 3  # ceil(0.2 * 10) subjects of 3 recordings each
-    features = [
-        i for i, c in enumerate(PARKINSONS_COLUMNS) if c not in ("subject#", "motor_UPDRS", "total_UPDRS")
-    ]
+    features = [i for i, c in enumerate(PARKINSONS_COLUMNS) if c not in ("subject#", "motor_UPDRS", "total_UPDRS")]
     # Features keep file order (age first) and values; map each row back to the file via age.
     X = np.concatenate([data.X_train, data.X_test])
     y = np.concatenate([data.y_train, data.y_test])

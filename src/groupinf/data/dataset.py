@@ -37,8 +37,7 @@ class Dataset:
                 raise ValueError(f"{self.name}: y_{split} contains NaN or inf")
         if self.X_train.shape[1:] != self.X_test.shape[1:]:
             raise ValueError(
-                f"{self.name}: train features {self.X_train.shape[1:]} "
-                f"!= test features {self.X_test.shape[1:]}"
+                f"{self.name}: train features {self.X_train.shape[1:]} != test features {self.X_test.shape[1:]}"
             )
         if self.kind == "classification":
             for split, y in (("train", self.y_train), ("test", self.y_test)):

@@ -28,9 +28,7 @@ def load_npz(path: str | Path) -> Dataset:
     missing = {"X", "y"} - arrays.keys()
     if missing:
         raise ValueError(f"{path}: missing array(s) {sorted(missing)}; it holds {sorted(arrays)}")
-    return dataset_from_arrays(
-        path.stem, arrays["X"], arrays["y"], arrays.get("X_test"), arrays.get("y_test")
-    )
+    return dataset_from_arrays(path.stem, arrays["X"], arrays["y"], arrays.get("X_test"), arrays.get("y_test"))
 
 
 def load_csv(path: str | Path, target: str | None = None) -> Dataset:
