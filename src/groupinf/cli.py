@@ -37,26 +37,47 @@ def parse_ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def parse_floats(text: str) -> tuple[float, ...]:
+    """``"1e-3,1e-2"`` -> ``(0.001, 0.01)``."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def add_faithfulness(commands: argparse._SubParsersAction) -> None:
     faith = commands.add_parser(
         "faithfulness",
         help="rank-correlate group estimators with leave-group-out retraining (paper §4)",
-        description="Train to convergence, retrain without each nearest-neighbour group and report the "
-        "Spearman correlation of F, F+I, F+B and F+I+B with the true change in mean test loss.",
+        description="Train, retrain without each nearest-neighbour group and report the Spearman correlation "
+        "of F, F+I, F+B, F+I+B, TRAK and TracIn with the true change in mean test loss.",
     )
+    faith.add_argument("--suite", choices=["cpu"], default=None, help="run every setting with data on this machine")
     faith.add_argument("--data", default="digits", help=f"{DATA_HELP} (default: digits)")
     faith.add_argument("--data-dir", default=None, help="directory holding the data set's files")
-    faith.add_argument("--model", default="lr", choices=["lr"], help="lr: logistic / linear regression")
+    faith.add_argument("--model", default="lr", choices=["lr", "mlp"], help="lr: logistic/linear regression")
+    faith.add_argument("--hidden", type=parse_ints, default=(32, 32), help="MLP hidden widths (default 32,32)")
     faith.add_argument("--groups", type=int, default=50, help="number of groups (default 50)")
     faith.add_argument(
         "--group-size", type=int, default=None, help="examples per group, anchor included (default: 5%% of n)"
     )
+    faith.add_argument("--distinct-groups", action="store_true", help="redraw anchors whose group repeats")
     faith.add_argument("--seed", type=int, default=0, help="seed for the anchors (default 0)")
     faith.add_argument(
         "--damping", type=parse_damping, default=0.0, help="damping ρ: a number or 'heuristic' (default 0)"
     )
     faith.add_argument("--curvature", choices=["exact", "ggn"], default="exact", help="training curvature")
-    faith.add_argument("--l2", type=float, default=0.01, help="L2 strength λ of the objective (default 0.01)")
+    faith.add_argument("--target-curvature", choices=["exact", "ggn"], default="exact", help="H_f products")
+    faith.add_argument("--l2", type=float, default=0.01, help="L2 strength λ (SGD weight decay) (default 0.01)")
+    faith.add_argument("--epochs", type=int, default=200, help="MLP: SGD epochs (default 200, Table 3)")
+    faith.add_argument("--lr", type=float, default=0.01, help="MLP: SGD learning rate (default 0.01)")
+    faith.add_argument("--seeds", type=int, default=3, help="MLP: retraining seeds (default 3)")
+    faith.add_argument("--workers", type=int, default=2, help="MLP: retraining processes (default 2)")
+    faith.add_argument("--max-train", type=int, default=None, help="use at most this many training examples")
+    faith.add_argument("--max-test", type=int, default=None, help="use at most this many test examples")
+    faith.add_argument("--trak-dim", type=int, default=512, help="TRAK projection dimension (default 512)")
+    faith.add_argument("--damping-sweep", type=parse_floats, default=(), help="e.g. 1e-4,1e-3,1e-2,1e-1")
+    faith.add_argument("--class-pairs", action="store_true", help="class-pair analysis of J (Fig. 2)")
     faith.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
 
 
@@ -129,16 +150,21 @@ def pool_config(args: argparse.Namespace, **extra: object):
 
 def run_faithfulness(args: argparse.Namespace) -> None:
     from groupinf.experiments.faithfulness import FaithfulnessConfig, format_table, run_faithfulness
+    from groupinf.experiments.suite import run_suite
+    from groupinf.training import SGDConfig
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "out")}
-    config = FaithfulnessConfig(**options)
+    if args.suite is not None:
+        print(run_suite(args.suite, args.out, args.data_dir))
+        return
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "out", "suite", "epochs", "lr")}
+    config = FaithfulnessConfig(**options, sgd=SGDConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.l2))
     results = run_faithfulness(config, args.out)
     print(
         f"\n{config.data} / {config.model}: {config.groups} groups of {results['group_size']} "
         f"(n = {results['n_train']}), curvature {config.curvature}, damping {results['damping']:.3g}"
     )
     print(format_table(results))
-    print(f"\nwrote {args.out / 'results.json'}")
+    print(f"\nwrote {args.out / 'results.json'}, results.md and figures")
 
 
 def run_select(args: argparse.Namespace) -> None:

@@ -53,13 +53,14 @@ def group_sums(groups: Sequence[Tensor], values: Tensor) -> Tensor:
 
 
 def nearest_neighbour_groups(
-    embedding: np.ndarray, num_groups: int, group_size: int, seed: int = 0
+    embedding: np.ndarray, num_groups: int, group_size: int, seed: int = 0, distinct: bool = False
 ) -> list[np.ndarray]:
-    """Distinct groups of an anchor plus its ``group_size − 1`` nearest neighbours (anchor first).
+    """Groups of an anchor plus its ``group_size − 1`` nearest neighbours (anchor first).
 
-    Anchors are drawn uniformly without replacement; an anchor whose group equals an earlier one
-    as a set (common among confidently classified examples) is skipped. Distances are L2 in
-    ``embedding`` ``(n, c)`` (softmax outputs, or predictions for regression).
+    Anchors are drawn uniformly without replacement (the paper's protocol). Two anchors can yield
+    the same group, common among confidently classified examples; with ``distinct`` an anchor
+    whose group equals an earlier one as a set is skipped and the next anchor drawn instead.
+    Distances are L2 in ``embedding`` ``(n, c)`` (softmax outputs, or predictions for regression).
     """
     n = len(embedding)
     if not 1 <= group_size <= n:
@@ -73,7 +74,7 @@ def nearest_neighbour_groups(
         _, row = index.kneighbors(embedding[anchor : anchor + 1])
         others = [int(j) for j in row[0] if j != anchor][: group_size - 1]
         members = frozenset([int(anchor), *others])
-        if members in seen:
+        if distinct and members in seen:
             continue
         seen.add(members)
         groups.append(np.array([int(anchor), *others], dtype=np.int64))

@@ -1,11 +1,13 @@
 """Faithfulness to leave-group-out retraining (paper §4; MATH.md "Evaluation protocols").
 
-Train to convergence, build nearest-neighbour groups in output space, retrain without each group for
-the ground truth ``Δf(−G) = f(θ*_{D\\G}) − f(θ*)`` and rank-correlate every estimator with it.
+Train, build nearest-neighbour groups in output space, retrain without each group for the ground
+truth ``Δf(−G) = f(θ*_{D\\G}) − f(θ*)`` (``f`` = mean test loss) and rank-correlate every
+estimator with it.
 
-Retraining convention: removing ``G`` minimises ``(1/n) Σ_{i∉G} l_i + (λ/2)‖θ‖²`` (the ε = −1/n
-path of the influence derivation, MATH.md), warm-started from ``θ*``; for a convex model this is
-the unique leave-group-out minimiser.
+- ``lr`` (convex): L-BFGS to convergence; removing ``G`` minimises ``(1/n) Σ_{i∉G} l_i + (λ/2)‖θ‖²``
+  (the ε = −1/n path of the influence derivation), warm-started from ``θ*``: the unique minimiser.
+- ``mlp`` (non-convex): seeded minibatch SGD from scratch; the truth averages over ``seeds``, each
+  retrained model paired with the full-data model of the same seed; estimates use the seed-0 model.
 """
 
 from __future__ import annotations
@@ -13,26 +15,34 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from scipy.stats import spearmanr
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from groupinf.curvature import Damping, EigenCurvature, exact_hessian, gauss_newton
+from groupinf.baselines import tracin_scores, trak_scores
+from groupinf.curvature import Damping
 from groupinf.data import Dataset, load_dataset
 from groupinf.data.transforms import standardize
-from groupinf.files import atomic_write_json
-from groupinf.groups import nearest_neighbour_groups
+from groupinf.experiments.class_pairs import class_pair_interactions
+from groupinf.experiments.common import as_tensors, fit_curvature
+from groupinf.experiments.figures import class_pair_figure, image_view
+from groupinf.experiments.jobs import run_jobs
+from groupinf.files import atomic_path, atomic_write_json
+from groupinf.groups import group_sums, nearest_neighbour_groups, validate_groups
 from groupinf.influence import GroupInfluence
-from groupinf.models import linear_model
+from groupinf.models import linear_model, loss_for, mlp
 from groupinf.target import mean_loss
 from groupinf.task import Task
-from groupinf.training import fit_convex
+from groupinf.training import SGDConfig, fit_convex, train_sgd
 
-REPORTED = ("F", "F+I", "F+B", "F+I+B")
+INFLUENCE_METHODS = ("F", "F+I", "F+B", "F+I+B")
+METHODS = (*INFLUENCE_METHODS, "TRAK", "TracIn")
 
 
 @dataclass(frozen=True)
@@ -42,39 +52,76 @@ class FaithfulnessConfig:
     data: str = "digits"
     data_dir: str | None = None
     model: str = "lr"
+    hidden: tuple[int, ...] = (32, 32)
     groups: int = 50
     group_size: int | None = None  # default: 5 % of the training set (anchor included)
     seed: int = 0
+    distinct_groups: bool = False
     damping: Damping = 0.0
     curvature: str = "exact"
+    target_curvature: str = "exact"
     l2: float = 0.01
+    sgd: SGDConfig = field(default_factory=SGDConfig)
+    seeds: int = 3
+    workers: int = 2
+    max_train: int | None = None
+    max_test: int | None = None
+    methods: tuple[str, ...] = METHODS
+    trak_dim: int = 512
+    tracin_checkpoints: int = 5
+    damping_sweep: tuple[float, ...] = ()
+    class_pairs: bool = False
 
     def __post_init__(self) -> None:
-        if self.model != "lr":
-            raise ValueError(f"model {self.model!r} is not supported yet; use --model lr")
-        if self.curvature not in ("exact", "ggn"):
-            raise ValueError(f"curvature must be 'exact' or 'ggn', got {self.curvature!r}")
+        if self.model not in ("lr", "mlp"):
+            raise ValueError(f"model must be 'lr' or 'mlp', got {self.model!r}")
+        if self.target_curvature not in ("exact", "ggn"):
+            raise ValueError(f"target curvature must be 'exact' or 'ggn', got {self.target_curvature!r}")
         if self.groups < 2:
             raise ValueError(f"a rank correlation needs at least 2 groups, got {self.groups}")
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
+        unknown = set(self.methods) - set(METHODS)
+        if unknown:
+            raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
+        if self.seeds < 1 or self.workers < 1 or self.tracin_checkpoints < 1:
+            raise ValueError("seeds, workers and tracin_checkpoints must be >= 1")
+
+    @property
+    def retrain_seeds(self) -> int:
+        return 1 if self.model == "lr" else self.seeds
 
     def fingerprint(self) -> str:
-        """A short hash of the settings that change the retraining results (not damping/curvature)."""
-        keys = ("data", "data_dir", "model", "groups", "group_size", "seed", "l2")
+        """A short hash of the settings that change the trained models and the groups."""
+        keys = ("data", "data_dir", "model", "hidden", "groups", "group_size", "seed", "distinct_groups", "l2")
+        keys += ("sgd", "seeds", "max_train", "max_test")
         settings = {k: getattr(self, k) for k in keys}
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def build_task(data: Dataset, l2: float) -> tuple[Task, dict[str, torch.Tensor]]:
+def subsample(data: Dataset, max_train: int | None, max_test: int | None, seed: int = 0) -> Dataset:
+    """At most ``max_train``/``max_test`` examples of each split, drawn uniformly with ``seed``."""
+    rng = np.random.default_rng(seed)
+
+    def take(X: np.ndarray, y: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+        if limit is None or limit >= len(X):
+            return X, y
+        idx = np.sort(rng.choice(len(X), limit, replace=False))
+        return X[idx], y[idx]
+
+    X_train, y_train = take(data.X_train, data.y_train, max_train)
+    X_test, y_test = take(data.X_test, data.y_test, max_test)
+    return Dataset(data.name, X_train, y_train, X_test, y_test, data.kind)
+
+
+def load_raw(config: FaithfulnessConfig) -> Dataset:
+    """The configured data set, subsampled, before standardisation."""
+    return subsample(load_dataset(config.data, config.data_dir), config.max_train, config.max_test)
+
+
+def build_task(data: Dataset, l2: float) -> tuple[Task, dict[str, Tensor]]:
     """A float64 linear model with its loss, targeting the mean test loss; returns the task and tensors."""
-    tensors = {
-        "X_train": torch.as_tensor(data.X_train, dtype=torch.float64),
-        "X_test": torch.as_tensor(data.X_test, dtype=torch.float64),
-    }
-    label_dtype = torch.int64 if data.kind == "classification" else torch.float64
-    tensors["y_train"] = torch.as_tensor(data.y_train, dtype=label_dtype)
-    tensors["y_test"] = torch.as_tensor(data.y_test, dtype=label_dtype)
+    tensors = as_tensors(data, torch.float64)
     torch.manual_seed(0)
     model, loss = linear_model(data.X_train.shape[1], data.num_classes, data.kind)
     task = Task(model.double(), loss, l2, mean_loss(tensors["X_test"], tensors["y_test"]))
@@ -82,13 +129,9 @@ def build_task(data: Dataset, l2: float) -> tuple[Task, dict[str, torch.Tensor]]
 
 
 def retraining_truth(
-    task: Task,
-    theta: torch.Tensor,
-    tensors: dict[str, torch.Tensor],
-    groups: list[np.ndarray],
-    cache_dir: Path,
+    task: Task, theta: Tensor, tensors: dict[str, Tensor], groups: list[np.ndarray], cache_dir: Path
 ) -> list[float]:
-    """``Δf(−G)`` per group, each cached in ``cache_dir`` as it finishes so a rerun resumes."""
+    """Convex models: ``Δf(−G)`` per group by warm-started L-BFGS, each cached as it finishes."""
     X, y = tensors["X_train"], tensors["y_train"]
     n = len(X)
     base = task.target.value(task, theta).item()
@@ -110,70 +153,218 @@ def retraining_truth(
     return truth
 
 
+def network(config: FaithfulnessConfig, num_features: int, num_outputs: int) -> nn.Module:
+    return mlp(num_features, num_outputs, config.hidden)
+
+
+def train_network_job(shared: dict, job: dict) -> dict:
+    """Train the MLP from scratch with ``job["seed"]`` without ``job["exclude"]``; the mean test loss.
+
+    Full-data jobs save the model (``job["save"]``) and, for TracIn, checkpoints with their learning
+    rates (``job["checkpoints"]``) before returning, so a cached result implies the files exist.
+    """
+    config: FaithfulnessConfig = shared["config"]
+    X, y = shared["X_train"], shared["y_train"]
+    keep = torch.ones(len(X), dtype=torch.bool)
+    keep[torch.as_tensor(job["exclude"], dtype=torch.long)] = False
+    torch.manual_seed(job["seed"])
+    model = network(config, X.shape[1], shared["num_outputs"])
+    loss = loss_for(shared["kind"], shared["num_outputs"])
+    saved: list[dict] = []
+    every = max(1, config.sgd.epochs // config.tracin_checkpoints)
+
+    def checkpoint(epoch: int, lr: float) -> None:
+        if job.get("checkpoints") and (epoch + 1) % every == 0:
+            path = Path(job["checkpoints"]) / f"epoch_{epoch + 1:04d}.safetensors"
+            with atomic_path(path) as tmp:
+                save_file(model.state_dict(), str(tmp))
+            saved.append({"path": path.name, "lr": lr})
+
+    train_sgd(model, loss, X[keep], y[keep], config.sgd, seed=job["seed"], on_epoch_end=checkpoint)
+    if job.get("checkpoints"):
+        atomic_write_json(Path(job["checkpoints"]) / "index.json", saved)
+    if job.get("save"):
+        with atomic_path(job["save"]) as tmp:
+            save_file(model.state_dict(), str(tmp))
+    with torch.no_grad():
+        model = model.double()
+        value = loss(model(shared["X_test"].double()), shared["y_test"]).mean().item()
+    return {"f": value}
+
+
+def full_model_jobs(config: FaithfulnessConfig, models: Path, seeds: range) -> dict[str, dict]:
+    """Jobs training the full-data model of each seed; seed 0 also keeps TracIn checkpoints."""
+    jobs = {f"full_s{s}": {"seed": s, "exclude": [], "save": str(models / f"full_s{s}.safetensors")} for s in seeds}
+    if 0 in seeds:
+        jobs["full_s0"]["checkpoints"] = str(models / "checkpoints_s0")
+    return jobs
+
+
+def network_ground_truth(config: FaithfulnessConfig, shared: dict, groups: list[np.ndarray], work: Path) -> list[float]:
+    """Seed-averaged ``Δf(−G)`` for every group, resumable, in worker processes."""
+    jobs = full_model_jobs(config, work / "models", range(config.seeds))
+    for m, group in enumerate(groups):
+        jobs |= {f"g{m:04d}_s{s}": {"seed": s, "exclude": group.tolist()} for s in range(config.seeds)}
+    values = run_jobs(train_network_job, jobs, work / "retrain", shared, config.workers, desc="retraining")
+    return [
+        float(np.mean([values[f"g{m:04d}_s{s}"]["f"] - values[f"full_s{s}"]["f"] for s in range(config.seeds)]))
+        for m in range(len(groups))
+    ]
+
+
+def load_network(config: FaithfulnessConfig, shared: dict, path: Path) -> nn.Module:
+    model = network(config, shared["X_train"].shape[1], shared["num_outputs"])
+    model.load_state_dict(load_file(str(path)))
+    return model.double().eval()
+
+
+def spearman(estimates: dict[str, np.ndarray], truth: list[float]) -> dict[str, float]:
+    return {k: float(spearmanr(v, truth).statistic) for k, v in estimates.items()}
+
+
+def influence_estimates(
+    config: FaithfulnessConfig, task: Task, theta: Tensor, tensors: dict[str, Tensor], groups: list, damping: Damping
+) -> tuple[dict[str, np.ndarray], GroupInfluence]:
+    X, y = tensors["X_train"], tensors["y_train"]
+    curvature = fit_curvature(config.curvature, task, theta, X, y, len(X), damping)
+    group_hessian = "exact" if config.curvature == "exact" else "ggn"
+    influence = GroupInfluence(task, theta, X, y, curvature, hf=config.target_curvature, group_hessian=group_hessian)
+    wanted = [m for m in config.methods if m in INFLUENCE_METHODS]
+    basu = any("B" in m for m in wanted)
+    estimates = influence.estimate(groups, basu=basu)
+    return {k: estimates[k].detach().numpy() for k in wanted}, influence
+
+
 def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
-    """Run the protocol, write ``out/results.json`` and return the results."""
+    """Run the protocol; write ``out/results.json``, ``out/results.md`` and figures; return the results."""
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work" / config.fingerprint()
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    data = standardize(load_dataset(config.data, config.data_dir))
-    task, tensors = build_task(data, config.l2)
+    raw = load_raw(config)
+    data = standardize(raw)
+    tensors = as_tensors(data, torch.float64)
     X, y = tensors["X_train"], tensors["y_train"]
     n = len(X)
-    theta = fit_convex(task, task.theta(), X, y, n)
-    timings["train"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    if config.curvature == "exact":
-        matrix = exact_hessian(task, theta, X, y, n)
+    if config.model == "lr":
+        task, _ = build_task(data, config.l2)
+        theta = fit_convex(task, task.theta(), X, y, n)
+        checkpoints, thetas = [(theta, 1.0)], [theta]
     else:
-        matrix = gauss_newton(task, theta, X, n)
-    influence = GroupInfluence(
-        task,
-        theta,
-        X,
-        y,
-        EigenCurvature(matrix, config.damping),
-        n=n,
-        hf="exact",
-        group_hessian=config.curvature,
-    )
-    timings["fit_influence"] = time.perf_counter() - start
-
-    embedding = task.loss.predictions(task.outputs(theta, X)).detach().numpy()
+        shared = {
+            "config": config,
+            "X_train": tensors["X_train"].float(),
+            "y_train": tensors["y_train"] if data.kind == "classification" else tensors["y_train"].float(),
+            "X_test": tensors["X_test"],
+            "y_test": tensors["y_test"],
+            "num_outputs": data.num_classes,
+            "kind": data.kind,
+        }
     group_size = config.group_size or max(2, round(0.05 * n))
-    groups = nearest_neighbour_groups(embedding, config.groups, group_size, config.seed)
 
-    start = time.perf_counter()
-    estimates = {k: v.detach().numpy() for k, v in influence.estimate(groups).items() if k in REPORTED}
-    timings["estimate"] = time.perf_counter() - start
-
-    out.mkdir(parents=True, exist_ok=True)
-    cache = out / "retrain" / config.fingerprint()
-    start = time.perf_counter()
-    truth = retraining_truth(task, theta, tensors, groups, cache)
+    if config.model == "lr":
+        embedding = task.loss.predictions(task.outputs(theta, X)).detach().numpy()
+        groups = nearest_neighbour_groups(embedding, config.groups, group_size, config.seed, config.distinct_groups)
+        timings["train"] = time.perf_counter() - start
+        start = time.perf_counter()
+        truth = retraining_truth(task, theta, tensors, groups, work / "retrain")
+    else:
+        # The seed-0 full model defines θ* and the groups, so it is trained first (cached like every job).
+        models = work / "models"
+        run_jobs(train_network_job, full_model_jobs(config, models, range(1)), work / "retrain", shared, 1)
+        model = load_network(config, shared, models / "full_s0.safetensors")
+        target = mean_loss(tensors["X_test"], tensors["y_test"])
+        task = Task(model, loss_for(data.kind, data.num_classes), config.l2, target)
+        theta = task.theta()
+        embedding = task.loss.predictions(task.outputs(theta, X)).detach().numpy()
+        groups = nearest_neighbour_groups(embedding, config.groups, group_size, config.seed, config.distinct_groups)
+        timings["train"] = time.perf_counter() - start
+        start = time.perf_counter()
+        truth = network_ground_truth(config, shared, groups, work)
+        thetas = [
+            task.space.current(load_network(config, shared, models / f"full_s{s}.safetensors"))
+            for s in range(config.seeds)
+        ]
+        index = json.loads((models / "checkpoints_s0" / "index.json").read_text())
+        checkpoints = [
+            (task.space.current(load_network(config, shared, models / "checkpoints_s0" / c["path"])), c["lr"])
+            for c in index
+        ]
     timings["retrain"] = time.perf_counter() - start
 
+    runtimes: dict[str, float] = {}
+    start = time.perf_counter()
+    estimates, influence = influence_estimates(config, task, theta, tensors, groups, config.damping)
+    runtimes["F+I and F+B family"] = time.perf_counter() - start
+    valid = validate_groups(groups, n)
+    if "TRAK" in config.methods:
+        start = time.perf_counter()
+        scores = trak_scores(task, thetas, X, y, config.trak_dim, seed=config.seed)
+        estimates["TRAK"] = group_sums(valid, scores).numpy()
+        runtimes["TRAK"] = time.perf_counter() - start
+    if "TracIn" in config.methods:
+        start = time.perf_counter()
+        scores = tracin_scores(task, checkpoints, X, y)
+        estimates["TracIn"] = group_sums(valid, scores).numpy()
+        runtimes["TracIn"] = time.perf_counter() - start
+
     results = {
-        "config": asdict(config),
+        "config": json.loads(json.dumps(asdict(config), default=str)),
         "n_train": n,
         "group_size": group_size,
         "damping": influence.curvature.damping,
-        "spearman": {k: float(spearmanr(v, truth).statistic) for k, v in estimates.items()},
-        "runtime_s": timings,
+        "spearman": spearman(estimates, truth),
+        "runtime_s": timings | {"methods": runtimes},
         "groups": [
-            {
-                "indices": g.tolist(),
-                "truth": t,
-                "estimates": {k: float(v[m]) for k, v in estimates.items()},
-            }
+            {"indices": g.tolist(), "truth": t, "estimates": {k: float(v[m]) for k, v in estimates.items()}}
             for m, (g, t) in enumerate(zip(groups, truth, strict=True))
         ],
     }
+    if config.damping_sweep:
+        sweep = {}
+        for value in tqdm(config.damping_sweep, desc="damping sweep"):
+            swept, _ = influence_estimates(config, task, theta, tensors, groups, value)
+            sweep[str(value)] = spearman(swept, truth)
+        results["damping_sweep"] = sweep
+    if config.class_pairs:
+        if data.kind != "classification":
+            raise ValueError("the class-pair analysis needs a classification data set")
+        pairs = class_pair_interactions(influence.shifts, influence.hf, y, data.num_classes)
+        results["class_pairs"] = {"average": pairs.average.tolist(), "lowest": pairs.lowest, "highest": pairs.highest}
+        class_pair_figure(
+            pairs.average,
+            [str(c) for c in range(data.num_classes)],
+            {"lowest J": pairs.lowest, "highest J": pairs.highest},
+            image_view(raw.X_train),
+            data.y_train,
+            out / "class_pairs.png",
+        )
     atomic_write_json(out / "results.json", results)
+    write_report(results, out)
     return results
 
 
 def format_table(results: dict) -> str:
-    """A plain-text table of the Spearman correlations."""
-    lines = [f"{'method':<8} {'Spearman':>9}", "-" * 18]
-    lines += [f"{k:<8} {v:>9.4f}" for k, v in results["spearman"].items()]
+    """A markdown table of the Spearman correlations and each method's run time."""
+    runtimes = results["runtime_s"]["methods"]
+    lines = ["| method | Spearman | run time (s) |", "|---|---|---|"]
+    for method, value in results["spearman"].items():
+        seconds = runtimes.get(method, runtimes.get("F+I and F+B family"))
+        lines.append(f"| {method} | {value:.4f} | {seconds:.2f} |")
     return "\n".join(lines)
+
+
+def write_report(results: dict, out: Path) -> None:
+    """``results.md`` (the table) and ``spearman.png`` (Fig. 1-style bars; the damping sweep if run)."""
+    from groupinf.experiments.figures import damping_sweep_plot, spearman_bars
+
+    config = results["config"]
+    title = f"{config['data']} / {config['model']}"
+    header = f"# Faithfulness: {title}\n\n{results['n_train']} training examples, {len(results['groups'])} groups"
+    header += f" of {results['group_size']}, damping {results['damping']:.3g}\n\n"
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text(header + format_table(results) + "\n")
+    spearman_bars({title: results["spearman"]}, out / "spearman.png")
+    if "damping_sweep" in results:
+        damping_sweep_plot(results["damping_sweep"], title, out / "damping_sweep.png")

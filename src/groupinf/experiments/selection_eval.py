@@ -26,6 +26,7 @@ from groupinf.curvature import Damping
 from groupinf.data import load_dataset
 from groupinf.data.transforms import standardize
 from groupinf.experiments.common import as_tensors, class_entropy, fit_curvature
+from groupinf.experiments.figures import figure, save
 from groupinf.experiments.jobs import run_jobs
 from groupinf.features import SelectionFeatures, compute_features, select_from_features
 from groupinf.files import atomic_path, atomic_write_bytes, atomic_write_json
@@ -257,13 +258,8 @@ def format_table(results: dict) -> str:
 
 def plot(results: dict, path: Path) -> None:
     """Fig. 3-style panels: test loss vs budget (mean ± std) and class entropy vs budget."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     table = results["results"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = figure(10, 4, columns=2)
     for name, rows in table.items():
         budgets = [int(k) for k in rows]
         mean = np.array([rows[str(k)]["test_loss_mean"] for k in budgets])
@@ -275,10 +271,7 @@ def plot(results: dict, path: Path) -> None:
     left.set(xlabel="budget k", ylabel="test loss", title="Test loss after retraining", xscale="log")
     right.set(xlabel="budget k", ylabel="class entropy (nats)", title="Class entropy of the selection", xscale="log")
     left.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def with_overrides(preset: str, **overrides: object) -> SelectionEvalConfig:

@@ -1,0 +1,66 @@
+"""``groupinf faithfulness --suite cpu``: every paper setting whose data is on this machine.
+
+Settings scaled to finish on 2 CPU cores (the "cpu" preset, documented in docs/results.md):
+digits-LR, digits-MLP, FashionMNIST-MLP, Concrete-MLP always; MNIST-LR/MLP, CIFAR-10 and
+Parkinsons-MLP when ``--data-dir`` holds their files.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from groupinf.data import load_dataset
+from groupinf.experiments.faithfulness import FaithfulnessConfig, run_faithfulness
+from groupinf.experiments.figures import spearman_bars
+from groupinf.files import atomic_path
+
+CPU_SUITE: dict[str, FaithfulnessConfig] = {
+    "digits-LR": FaithfulnessConfig(data="digits", model="lr", class_pairs=True),
+    "digits-MLP": FaithfulnessConfig(
+        data="digits", model="mlp", hidden=(32, 32), curvature="ggn", damping=0.01, class_pairs=True
+    ),
+    "Concrete-MLP": FaithfulnessConfig(data="concrete", model="mlp", hidden=(32, 32), curvature="ggn", damping=0.01),
+}
+OPTIONAL_SUITE: dict[str, FaithfulnessConfig] = {
+    "MNIST-LR": FaithfulnessConfig(data="mnist", model="lr", max_train=5000, max_test=1000),
+    "Parkinsons-MLP": FaithfulnessConfig(
+        data="parkinsons", model="mlp", hidden=(32, 32), curvature="ggn", damping=0.01, max_train=3000
+    ),
+}
+
+
+def available(config: FaithfulnessConfig) -> bool:
+    try:
+        load_dataset(config.data, config.data_dir)
+    except (FileNotFoundError, ImportError, ValueError):
+        return False
+    return True
+
+
+def run_suite(name: str, out: Path, data_dir: str | None = None) -> str:
+    """Run the suite; write ``out/suite.md`` and ``out/suite.png``; return the markdown table."""
+    if name != "cpu":
+        raise ValueError(f"unknown suite {name!r}; choose 'cpu'")
+    settings = dict(CPU_SUITE)
+    for key, config in OPTIONAL_SUITE.items():
+        candidate = replace(config, data_dir=data_dir)
+        if data_dir is not None and available(candidate):
+            settings[key] = candidate
+    spearman, lines = {}, []
+    for key, config in settings.items():
+        start = time.perf_counter()
+        results = run_faithfulness(config, out / key)
+        spearman[key] = results["spearman"]
+        lines.append((key, results, time.perf_counter() - start))
+    methods = list(next(iter(spearman.values())))
+    table = ["| setting | " + " | ".join(methods) + " | seconds |", "|---|" + "---|" * (len(methods) + 1)]
+    for key, results, seconds in lines:
+        cells = [f"{results['spearman'][m]:.3f}" for m in methods]
+        table.append(f"| {key} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    text = "\n".join(table) + "\n"
+    with atomic_path(out / "suite.md") as tmp:
+        tmp.write_text(text)
+    spearman_bars(spearman, out / "suite.png")
+    return text
