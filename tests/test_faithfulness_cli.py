@@ -29,7 +29,7 @@ def test_results_schema_on_npz(tmp_path, capsys, regression):
     write_npz(data, regression)
     assert run(["--data", data, "--groups", 12, "--group-size", 6, "--l2", 0.05, "--out", tmp_path / "out"]) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(results["spearman"]) == {"F", "F+I", "F+B", "F+I+B"}
+    assert set(results["spearman"]) == {"F", "F+I", "F+B", "F+I+B", "TRAK", "TracIn"}
     assert len(results["groups"]) == 12
     for group in results["groups"]:
         assert len(group["indices"]) == 6 == len(set(group["indices"]))
@@ -56,7 +56,7 @@ def test_interrupted_run_resumes_without_retraining_finished_groups(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         run(args)
     assert not (tmp_path / "out" / "results.json").exists()
-    assert len(list((tmp_path / "out" / "retrain").rglob("group_*.json"))) == 2
+    assert len(list((tmp_path / "out" / "work").rglob("group_*.json"))) == 2
     calls.clear()
     monkeypatch.setattr(faithfulness, "fit_convex", lambda *a, **k: (calls.append(1), real_fit(*a, **k))[1])
     assert run(args) == 0
@@ -88,10 +88,63 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys):
     assert "singular" in capsys.readouterr().err
 
 
-def test_demo_digits_lr_reports_spearman_above_095(tmp_path):
-    """What `make demo` runs: multinomial LR on scikit-learn's digits, 50 groups of 5 %."""
+def test_demo_digits_lr_interaction_term_tracks_retraining(tmp_path):
+    """What `make demo` runs: multinomial LR on scikit-learn's digits, 50 groups of 5 %. With the
+    default anchors (seed 0) first-order influence ranks the groups poorly (F ≈ 0.62) and the
+    interaction term recovers most of it (docs/results.md has the spread over 10 anchor seeds)."""
     assert run(["--data", "digits", "--model", "lr", "--groups", 50, "--out", tmp_path]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["n_train"] == 1257 and results["group_size"] == 63
-    assert results["spearman"]["F+I"] >= 0.95
-    assert results["spearman"]["F+I"] > results["spearman"]["F"]
+    rho = results["spearman"]
+    assert rho["F+I"] >= 0.9
+    assert rho["F+I"] > rho["F"] + 0.2
+
+
+def test_mlp_faithfulness_resumes_and_writes_every_output(tmp_path, monkeypatch):
+    args = [
+        "--data",
+        "digits",
+        "--model",
+        "mlp",
+        "--hidden",
+        "8",
+        "--max-train",
+        240,
+        "--max-test",
+        100,
+        "--groups",
+        4,
+        "--group-size",
+        6,
+        "--seeds",
+        2,
+        "--epochs",
+        3,
+        "--workers",
+        1,
+        "--curvature",
+        "ggn",
+        "--damping",
+        0.1,
+        "--damping-sweep",
+        "0.01,1",
+        "--class-pairs",
+        "--out",
+        tmp_path,
+    ]
+    calls = []
+    real = faithfulness.train_network_job
+    monkeypatch.setattr(faithfulness, "train_network_job", lambda s, j: (calls.append(1), real(s, j))[1])
+    assert run(args) == 0
+    assert len(calls) == 2 + 4 * 2  # one full model per seed, every group under every seed
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["damping_sweep"]) == {"0.01", "1.0"}
+    assert len(results["class_pairs"]["average"]) == 10
+    for name in ("results.md", "spearman.png", "damping_sweep.png", "class_pairs.png"):
+        assert (tmp_path / name).stat().st_size > 100
+    checkpoints = json.loads(next(tmp_path.rglob("checkpoints_s0/index.json")).read_text())
+    assert [c["lr"] for c in checkpoints] == [0.01, 0.01, 0.01]  # 3 epochs, 5 checkpoints asked: one per epoch
+    calls.clear()
+    assert run(args) == 0
+    assert calls == []  # everything came from the cache
+    assert json.loads((tmp_path / "results.json").read_text())["spearman"] == results["spearman"]
