@@ -22,6 +22,13 @@ What a token is:
   concatenated, so ``∇W_i`` is the sum of the contributions of all calls, as autograd computes it.
 
 What this means for the Fisher is documented in ``curvature.kfac``.
+
+Mechanism: module forward hooks keep each call's input (detached) and output; after the forward pass
+``torch.autograd.grad`` takes the gradient of the model output, contracted with each back-propagated
+vector, with respect to those outputs (the same numbers a tensor backward hook on the output would see,
+but several vectors can share one graph and the calls of a shared module stay in order). An output that
+is modified in place after the call (``ReLU(inplace=True)``) would silently give the wrong gradient, so it
+is detected (tensor version counter) and rejected.
 """
 
 from __future__ import annotations
