@@ -7,13 +7,17 @@ forward pass through ``nn.Sequential`` adds a zero perturbation ``ε`` to each c
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from groupinf.curvature import EigenCurvature, gauss_newton
+from groupinf.curvature.factored import gradient_products
 from groupinf.curvature.hooks import backpropagate, find_layers, recording
 from groupinf.curvature.kfac import (
     EKFACCurvature,
@@ -257,6 +261,11 @@ def test_batch_size_does_not_change_the_factors(mlp, fisher):
     for name in small.A:
         torch.testing.assert_close(small.A[name], large.A[name], rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(small.S[name], large.S[name], rtol=1e-10, atol=1e-10)
+    # a DataLoader over a TensorDataset (batches come as lists) gives the same factors
+    loader = DataLoader(TensorDataset(X, y), batch_size=33)
+    from_loader = fit_factors(task, theta, loader, fisher=fisher)
+    for name in small.A:
+        torch.testing.assert_close(from_loader.S[name], large.S[name], rtol=1e-10, atol=1e-10)
     lam_small = corrected_eigenvalues(task, theta, tensor_batches(X, y, 7), small)
     lam_large = corrected_eigenvalues(task, theta, tensor_batches(X, y, 200), small)
     for name in lam_small:
@@ -462,6 +471,22 @@ def test_solve_inverts_matvec_and_heuristic_damping(mlp):
     assert heuristic.solve(V.float()).dtype == torch.float32
 
 
+def test_float32_model_accumulates_in_float64(mlp):
+    task64, theta64, X, y, _, _ = mlp
+    model = copy.deepcopy(task64.model).float()
+    task = Task(model, task64.loss, task64.l2, task64.target)
+    f32 = fit_factors(task, task.theta(), tensor_batches(X.float(), y, 64))
+    f64 = fit_factors(task64, theta64, tensor_batches(X, y, 64))
+    for name in f64.A:
+        assert f32.A[name].dtype == torch.float64
+        torch.testing.assert_close(f32.S[name], f64.S[name], rtol=1e-4, atol=1e-7)
+    curv = EKFACCurvature.fit(task, task.theta(), tensor_batches(X.float(), y, 64), damping="heuristic")
+    V = torch.randn(3, theta64.numel())
+    assert curv.solve(V).dtype == torch.float32
+    with pytest.raises(ValueError, match="dtype"):
+        fit_factors(task, task.theta(), tensor_batches(X, y, 64))  # float64 inputs into a float32 model
+
+
 @pytest.mark.parametrize("problem", ["mlp", "cnn"])
 def test_ekfac_is_closer_to_the_dense_gauss_newton_than_kfac(problem, mlp, cnn):
     """Against the dense damped GGN, same damping and L2. Both Kronecker fits use ``fisher="ggn"``, the exact
@@ -510,3 +535,15 @@ def test_ekfac_is_closer_to_the_dense_gauss_newton_than_kfac(problem, mlp, cnn):
     ek, kf, identity = rank(ekfac.solve(test) @ train.T), rank(kfac.solve(test) @ train.T), rank(test @ train.T)
     assert ek > kf
     assert ek > identity + 0.03
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "sequence", "shared"])
+def test_gradient_products_without_per_example_gradients(kind, mlp, cnn):
+    if kind in ("mlp", "cnn"):
+        task, theta, X, y, _, _ = mlp if kind == "mlp" else cnn
+        X, y = X[:50], y[:50]
+    else:
+        task, theta, X, y = _small_task(kind)
+    M = torch.randn(4, theta.numel(), generator=torch.Generator().manual_seed(1), dtype=DT)
+    products = gradient_products(task, theta, tensor_batches(X, y, 16), M)
+    torch.testing.assert_close(products, M @ per_example_gradients(task, theta, X, y).T)

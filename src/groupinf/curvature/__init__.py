@@ -2,6 +2,7 @@
 
 from groupinf.curvature.base import Curvature, Damping, resolve_damping
 from groupinf.curvature.dense import EigenCurvature, exact_hessian, gauss_newton
+from groupinf.curvature.factored import gradient_products
 from groupinf.curvature.kfac import (
     EKFACCurvature,
     KFACCurvature,
@@ -24,6 +25,7 @@ __all__ = [
     "exact_hessian",
     "fit_factors",
     "gauss_newton",
+    "gradient_products",
     "resolve_damping",
     "tensor_batches",
 ]

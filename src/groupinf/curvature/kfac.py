@@ -95,7 +95,7 @@ def _vectors(
     return vectors, [1.0 / len(labels)] * len(labels)
 
 
-def _captured_batches(
+def captured_batches(
     task: Task,
     theta: Tensor,
     data: Iterable[Batch],
@@ -186,7 +186,7 @@ def fit_factors(
     S = {la.name: torch.zeros(la.out_features, la.out_features, dtype=dtype, device=theta.device) for la in layers}
     tokens = {la.name: 0 for la in layers}
     examples = 0
-    for size, captured, weights in _captured_batches(
+    for size, captured, weights in captured_batches(
         task, theta, data, layers, fisher, samples, generator, "K-FAC factors", progress
     ):
         examples += size
@@ -232,7 +232,7 @@ def corrected_eigenvalues(
     lam = {la.name: torch.zeros(la.out_features, la.columns, dtype=dtype, device=theta.device) for la in layers}
     q = {name: (qa.to(dtype), qs.to(dtype)) for name, (_, qa, _, qs) in bases.items()}
     examples = 0
-    for size, captured, weights in _captured_batches(
+    for size, captured, weights in captured_batches(
         task, theta, data, layers, fisher, samples, generator, "EK-FAC eigenvalues", progress
     ):
         examples += size
