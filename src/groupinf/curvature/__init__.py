@@ -2,5 +2,30 @@
 
 from groupinf.curvature.base import Curvature, Damping, resolve_damping
 from groupinf.curvature.dense import EigenCurvature, exact_hessian, gauss_newton
+from groupinf.curvature.factored import gradient_products
+from groupinf.curvature.kfac import (
+    EKFACCurvature,
+    KFACCurvature,
+    KroneckerCurvature,
+    KroneckerFactors,
+    corrected_eigenvalues,
+    fit_factors,
+    tensor_batches,
+)
 
-__all__ = ["Curvature", "Damping", "EigenCurvature", "exact_hessian", "gauss_newton", "resolve_damping"]
+__all__ = [
+    "Curvature",
+    "Damping",
+    "EKFACCurvature",
+    "EigenCurvature",
+    "KFACCurvature",
+    "KroneckerCurvature",
+    "KroneckerFactors",
+    "corrected_eigenvalues",
+    "exact_hessian",
+    "fit_factors",
+    "gauss_newton",
+    "gradient_products",
+    "resolve_damping",
+    "tensor_batches",
+]

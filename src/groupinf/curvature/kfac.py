@@ -1,0 +1,415 @@
+"""Kronecker-factored curvature: K-FAC and EK-FAC for ``nn.Linear`` and ``nn.Conv2d`` layers.
+
+Per covered layer (see ``curvature.hooks`` for ``a``, ``s`` and tokens), over ``N`` examples with ``T``
+tokens each (``M = N·T`` tokens in all):
+
+- ``A = (1/M) Σ_{i,t} ā_{i,t} ā_{i,t}ᵀ`` ``(d_in[+1], d_in[+1])`` — averaged over tokens;
+- ``S = (1/N) Σ_{i,t} s_{i,t} s_{i,t}ᵀ`` ``(d_out, d_out)`` — summed over tokens, averaged over examples;
+
+so that ``A ⊗ S`` approximates the layer block ``G = (1/N) Σ_i vec(∇W_i) vec(∇W_i)ᵀ`` with
+``∇W_i = Σ_t s_{i,t} ā_{i,t}ᵀ``. With ``T = 1`` this is ordinary K-FAC. With ``T > 1`` it is the
+"K-FAC-expand" approximation (Eschenhagen et al., 2023; KFC of Grosse & Martens for convolutions): the
+cross-token terms ``t ≠ t'`` of ``G`` are dropped and tokens are treated as independent, which
+over- or under-estimates ``G`` by how correlated the tokens' gradients are. Kronfluence divides ``S`` by
+the number of tokens instead, which makes its K-FAC ``T`` times smaller for sequence layers; EK-FAC
+does not depend on this choice, because its eigenvalues are refitted from the exact per-example
+gradients ``∇W_i`` (which include the cross-token terms).
+
+``s`` is the gradient of the per-example loss with respect to the layer output, taken from the SUM of the
+unscaled per-example losses of a batch, so the factors do not depend on the batch size. Three kinds of
+back-propagated vectors (``fisher``) give three matrices ``G``:
+
+- ``"empirical"``: the real labels, ``G = (1/N) Σ g_i g_iᵀ`` (empirical Fisher);
+- ``"true"``: labels drawn from the model (``loss.sample_targets``, seeded generator, ``samples`` draws
+  averaged), an unbiased estimate of the true Fisher;
+- ``"ggn"``: the columns of ``L_i`` with ``L_i L_iᵀ = ∂²l_i/∂h²`` (one backward pass per output), the exact
+  expectation of the true Fisher: ``G`` is then the layer block of the Gauss–Newton matrix.
+
+Curvature: ``H_ℓ ≈ G_ℓ + λI`` (``λ`` = the task's L2 strength, as in ``dense.gauss_newton``), damped by
+``ρ_ℓ``: ``(H_ℓ + ρ_ℓ I)⁻¹ vec(V) = Q_S [(Q_Sᵀ V Q_A) ⊘ (Λ + λ + ρ_ℓ)] Q_Aᵀ`` where ``Q_A``, ``Q_S`` are the
+eigenvectors of ``A`` and ``S`` (float64) and ``Λ`` is ``λ_S λ_Aᵀ`` (K-FAC) or the corrected eigenvalues
+``Λ = (1/N) Σ_i (Q_Sᵀ ∇W_i Q_A)^{∘2}`` (EK-FAC). The heuristic damping is ``ρ_ℓ = 0.1 · mean(Λ + λ)``
+per layer, the mean eigenvalue of ``H_ℓ`` (like ``EigenCurvature`` on ``G + λI``). No ``p×p`` matrix is
+ever formed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from groupinf.curvature.base import Curvature, Damping, resolve_damping
+from groupinf.curvature.hooks import KroneckerLayer, LayerBatch, backpropagate, find_layers, recording
+from groupinf.params import ParamSpace
+from groupinf.task import Task, check_inputs
+
+Fisher = Literal["empirical", "true", "ggn"]
+FISHERS = ("empirical", "true", "ggn")
+
+#: largest number of elements of the per-example rotated gradients held at once (EK-FAC, T > 1)
+CHUNK_ELEMENTS = 1 << 22
+
+Batch = Tensor | Sequence[Tensor]
+
+
+def tensor_batches(inputs: Tensor, targets: Tensor, batch_size: int) -> list[tuple[Tensor, Tensor]]:
+    """Consecutive ``(inputs, targets)`` batches (views), a re-iterable input for ``fit_factors``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(inputs) != len(targets):
+        raise ValueError(f"inputs have {len(inputs)} rows but targets have {len(targets)}")
+    return [(inputs[i : i + batch_size], targets[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+
+
+def _unpack(batch: Batch, fisher: str) -> tuple[Tensor, Tensor | None]:
+    if isinstance(batch, Tensor):
+        if fisher == "empirical":
+            raise ValueError("the empirical Fisher needs labels: batches must be (inputs, targets)")
+        return batch, None
+    if len(batch) < 1:
+        raise ValueError("empty batch")
+    return batch[0], (batch[1] if len(batch) > 1 else None)
+
+
+def _vectors(
+    task: Task, outputs: Tensor, targets: Tensor | None, fisher: str, samples: int, generator: torch.Generator
+) -> tuple[list[Tensor], list[float]]:
+    """Vectors ``e`` ``(B, C)`` to back-propagate from the outputs, and the weight of each."""
+    h = outputs.detach()
+    if fisher == "ggn":
+        root = task.loss.output_hessian_sqrt(h)  # (B, C, C')
+        return [root[:, :, c] for c in range(root.shape[-1])], [1.0] * root.shape[-1]
+    labels = [targets] if fisher == "empirical" else [task.loss.sample_targets(h, generator) for _ in range(samples)]
+    vectors = []
+    for y in labels:
+        if y is None:
+            raise ValueError("the empirical Fisher needs labels: batches must be (inputs, targets)")
+        leaf = h.clone().requires_grad_(True)
+        vectors.append(torch.autograd.grad(task.loss(leaf, y).sum(), leaf)[0])
+    return vectors, [1.0 / len(labels)] * len(labels)
+
+
+def captured_batches(
+    task: Task,
+    theta: Tensor,
+    data: Iterable[Batch],
+    layers: Sequence[KroneckerLayer],
+    fisher: str,
+    samples: int,
+    generator: torch.Generator,
+    desc: str,
+    progress: bool,
+) -> Iterator[tuple[int, dict[str, LayerBatch], list[float]]]:
+    """For each batch: its size, what each layer saw, and the weight of each back-propagated vector."""
+    theta_g = theta.detach().requires_grad_(True)
+    with recording(layers) as recorder:
+        for batch in tqdm(data, desc=desc, disable=not progress, leave=False):
+            x, y = _unpack(batch, fisher)
+            check_inputs(theta, x, what="inputs")
+            recorder.clear()
+            with torch.enable_grad():
+                outputs = task.outputs(theta_g, x)
+                vectors, weights = _vectors(task, outputs, y, fisher, samples, generator)
+                captured = backpropagate(recorder, outputs, vectors, len(x))
+            recorder.clear()
+            yield len(x), captured, weights
+
+
+def _check_options(fisher: str, samples: int, data: Iterable[Batch]) -> None:
+    if fisher not in FISHERS:
+        raise ValueError(f"fisher must be one of {FISHERS}, got {fisher!r}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if iter(data) is data:
+        raise ValueError(
+            "data must be re-iterable (a DataLoader, a list of batches, tensor_batches(…)), not an iterator"
+        )
+
+
+@dataclass
+class KroneckerFactors:
+    """Fitted K-FAC factors per covered layer: ``A`` ``(columns, columns)`` and ``S`` ``(d_out, d_out)``."""
+
+    space: ParamSpace
+    layers: list[KroneckerLayer]
+    A: dict[str, Tensor]
+    S: dict[str, Tensor]
+    num_examples: int
+    num_tokens: dict[str, int]
+    fisher: str
+
+    @cached_property
+    def eigenbases(self) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Per layer ``(λ_A, Q_A, λ_S, Q_S)`` in float64, eigenvalues clamped at 0 (round-off); computed once."""
+        out = {}
+        for layer in self.layers:
+            lam_a, q_a = torch.linalg.eigh(_symmetric(self.A[layer.name]))
+            lam_s, q_s = torch.linalg.eigh(_symmetric(self.S[layer.name]))
+            out[layer.name] = (lam_a.clamp_min(0), q_a, lam_s.clamp_min(0), q_s)
+        return out
+
+
+def _symmetric(m: Tensor) -> Tensor:
+    m = m.double()
+    return 0.5 * (m + m.T)
+
+
+def fit_factors(
+    task: Task,
+    theta: Tensor,
+    data: Iterable[Batch],
+    *,
+    fisher: Fisher = "empirical",
+    samples: int = 1,
+    seed: int = 0,
+    modules: Sequence[str] | None = None,
+    dtype: torch.dtype = torch.float64,
+    progress: bool = False,
+) -> KroneckerFactors:
+    """K-FAC factors ``A`` and ``S`` of every covered layer over the batches of ``data`` (see module docstring).
+
+    ``data`` yields ``(inputs, targets)`` batches (targets may be left out for "true" and "ggn"); ``theta``
+    are the attributed parameters ``(p,)`` at which to fit; ``modules`` names the layers to cover (default:
+    every module owning an attributed parameter); sums are accumulated in ``dtype``. Put the model in
+    ``eval()`` mode first (dropout would make the factors random).
+    """
+    _check_options(fisher, samples, data)
+    layers = find_layers(task.model, task.space, modules)
+    generator = torch.Generator(device=theta.device).manual_seed(seed)
+    A = {la.name: torch.zeros(la.columns, la.columns, dtype=dtype, device=theta.device) for la in layers}
+    S = {la.name: torch.zeros(la.out_features, la.out_features, dtype=dtype, device=theta.device) for la in layers}
+    tokens = {la.name: 0 for la in layers}
+    examples = 0
+    for size, captured, weights in captured_batches(
+        task, theta, data, layers, fisher, samples, generator, "K-FAC factors", progress
+    ):
+        examples += size
+        for layer in layers:
+            seen = captured[layer.name]
+            a = seen.a.reshape(-1, layer.columns).to(dtype)
+            A[layer.name] += a.T @ a
+            tokens[layer.name] += a.shape[0]
+            for s, w in zip(seen.s, weights, strict=True):
+                s = s.reshape(-1, layer.out_features).to(dtype)
+                S[layer.name] += (s.T @ s) * w if w != 1.0 else s.T @ s
+    if examples == 0:
+        raise ValueError("data yielded no examples")
+    for layer in layers:
+        A[layer.name] /= tokens[layer.name]
+        S[layer.name] /= examples
+    return KroneckerFactors(task.space, layers, A, S, examples, tokens, fisher)
+
+
+def corrected_eigenvalues(
+    task: Task,
+    theta: Tensor,
+    data: Iterable[Batch],
+    factors: KroneckerFactors,
+    *,
+    samples: int = 1,
+    seed: int = 1,
+    dtype: torch.dtype = torch.float64,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    """EK-FAC eigenvalues ``Λ = (1/N) Σ_i (Q_Sᵀ ∇W_i Q_A)^{∘2}`` ``(d_out, columns)`` per layer.
+
+    Uses the same kind of Fisher as ``factors``. A layer with one token per example needs no per-example
+    gradient: ``Q_Sᵀ ∇W_i Q_A = (Q_Sᵀ s_i)(Q_Aᵀ ā_i)ᵀ``, so ``Λ·N = ((S Q_S)^{∘2})ᵀ (Ā Q_A)^{∘2}`` is one
+    matrix product over the batch (rows ``s_i``, ``ā_i``). Otherwise ``(Q_Sᵀ S_iᵀ)(Ā_i Q_A)`` is formed
+    for chunks of examples with a batched matrix product (``S_i`` ``(T, d_out)``, ``Ā_i`` ``(T, columns)``).
+    """
+    fisher = factors.fisher
+    _check_options(fisher, samples, data)
+    bases = factors.eigenbases
+    layers = factors.layers
+    generator = torch.Generator(device=theta.device).manual_seed(seed)
+    lam = {la.name: torch.zeros(la.out_features, la.columns, dtype=dtype, device=theta.device) for la in layers}
+    q = {name: (qa.to(dtype), qs.to(dtype)) for name, (_, qa, _, qs) in bases.items()}
+    examples = 0
+    for size, captured, weights in captured_batches(
+        task, theta, data, layers, fisher, samples, generator, "EK-FAC eigenvalues", progress
+    ):
+        examples += size
+        for layer in layers:
+            q_a, q_s = q[layer.name]
+            seen = captured[layer.name]
+            a = seen.a.to(dtype) @ q_a  # (B, T, columns)
+            tokens = a.shape[1]
+            for s, w in zip(seen.s, weights, strict=True):
+                s = s.to(dtype) @ q_s  # (B, T, d_out)
+                if tokens == 1:
+                    lam[layer.name].addmm_(s[:, 0].square().T, a[:, 0].square(), alpha=w)
+                else:
+                    chunk = max(1, CHUNK_ELEMENTS // layer.numel)
+                    for start in range(0, size, chunk):
+                        rotated = s[start : start + chunk].transpose(1, 2) @ a[start : start + chunk]
+                        lam[layer.name].add_(rotated.square().sum(0), alpha=w)
+    if examples == 0:
+        raise ValueError("data yielded no examples")
+    return {name: values / examples for name, values in lam.items()}
+
+
+@dataclass(frozen=True)
+class KroneckerBlock:
+    """One layer of a fitted Kronecker curvature: eigenbases, eigenvalues ``Λ`` of ``G`` and its damping."""
+
+    layer: KroneckerLayer
+    q_a: Tensor  # (columns, columns)
+    q_s: Tensor  # (d_out, d_out)
+    eigenvalues: Tensor  # (d_out, columns), of G (without λ and ρ)
+    damping: float
+
+
+class KroneckerCurvature(Curvature):
+    """Block-diagonal ``H + ρI`` with one eigendecomposed Kronecker block per covered layer.
+
+    ``solve(V)``/``matvec(V)`` take row vectors ``V`` ``(k, p)`` in the ``ParamSpace`` layout; each layer's
+    weight (and bias, as the last column) is reshaped to ``(k, d_out, columns)``, rotated into the
+    eigenbasis, divided (or multiplied) by ``Λ + λ + ρ_ℓ`` and rotated back, in float64.
+    ``damping`` is the fixed ρ, or for the heuristic the parameter-weighted mean of the per-layer values
+    (``layer_damping``), for reporting.
+    """
+
+    def __init__(
+        self, space: ParamSpace, factors: KroneckerFactors, eigenvalues: dict[str, Tensor], l2: float, damping: Damping
+    ) -> None:
+        if l2 < 0:
+            raise ValueError(f"l2 must be >= 0, got {l2}")
+        self.space, self.factors, self.l2 = space, factors, float(l2)
+        bases = factors.eigenbases
+        blocks = []
+        for layer in factors.layers:
+            _, q_a, _, q_s = bases[layer.name]
+            values = eigenvalues[layer.name].double()
+            if values.shape != (layer.out_features, layer.columns):
+                raise ValueError(
+                    f"eigenvalues of layer '{layer.name}' must be {(layer.out_features, layer.columns)}, "
+                    f"got {tuple(values.shape)}"
+                )
+            rho = resolve_damping(damping, values.mean().item() + self.l2)
+            shifted = values + self.l2 + rho
+            largest = shifted.abs().max().item()
+            if shifted.min().item() <= values.numel() * torch.finfo(torch.float64).eps * max(largest, 1e-300):
+                raise ValueError(
+                    f"the damped curvature of layer '{layer.name}' is singular (smallest eigenvalue "
+                    f"{shifted.min().item():.3g}, damping {rho:.3g}, l2 {self.l2:.3g}); pass a damping > 0 or "
+                    "'heuristic'"
+                )
+            blocks.append(KroneckerBlock(layer, q_a, q_s, values, rho))
+        self.blocks = blocks
+        total = sum(b.layer.numel for b in blocks)
+        self.damping = sum(b.damping * b.layer.numel for b in blocks) / total
+
+    @property
+    def layer_damping(self) -> dict[str, float]:
+        """The damping ``ρ_ℓ`` of each layer."""
+        return {b.layer.name: b.damping for b in self.blocks}
+
+    def _apply(self, V: Tensor, power: int) -> Tensor:
+        if V.ndim != 2 or V.shape[1] != self.space.numel:
+            raise ValueError(f"expected row vectors (k, {self.space.numel}), got {tuple(V.shape)}")
+        slices = self.space.slices()
+        work = V.double()
+        out = torch.empty_like(work)
+        k = len(V)
+        for block in self.blocks:
+            layer = block.layer
+            weight = work[:, slices[layer.weight]].reshape(k, layer.out_features, layer.in_features)
+            if layer.bias is not None:
+                weight = torch.cat([weight, work[:, slices[layer.bias]].unsqueeze(-1)], dim=-1)
+            q_a, q_s = block.q_a.to(work.device), block.q_s.to(work.device)
+            scale = (block.eigenvalues.to(work.device) + self.l2 + block.damping) ** power
+            rotated = (q_s.T @ weight @ q_a) * scale
+            result = q_s @ rotated @ q_a.T
+            out[:, slices[layer.weight]] = result[..., : layer.in_features].reshape(k, -1)
+            if layer.bias is not None:
+                out[:, slices[layer.bias]] = result[..., -1]
+        return out.to(V.dtype)
+
+    def solve(self, V: Tensor) -> Tensor:
+        return self._apply(V, -1)
+
+    def matvec(self, V: Tensor) -> Tensor:
+        return self._apply(V, 1)
+
+
+class KFACCurvature(KroneckerCurvature):
+    """K-FAC: ``G_ℓ ≈ A ⊗ S``, eigenvalues ``Λ = λ_S λ_Aᵀ``."""
+
+    @classmethod
+    def from_factors(cls, factors: KroneckerFactors, l2: float, damping: Damping = 0.0) -> KFACCurvature:
+        bases = factors.eigenbases
+        values = {name: torch.outer(lam_s, lam_a) for name, (lam_a, _, lam_s, _) in bases.items()}
+        return cls(factors.space, factors, values, l2, damping)
+
+    @classmethod
+    def fit(
+        cls,
+        task: Task,
+        theta: Tensor,
+        data: Iterable[Batch],
+        *,
+        damping: Damping = 0.0,
+        fisher: Fisher = "empirical",
+        samples: int = 1,
+        seed: int = 0,
+        modules: Sequence[str] | None = None,
+        dtype: torch.dtype = torch.float64,
+        progress: bool = False,
+    ) -> KFACCurvature:
+        """Fit the factors over ``data`` (see ``fit_factors``) and build the damped curvature."""
+        options = {"fisher": fisher, "samples": samples, "seed": seed, "modules": modules, "dtype": dtype}
+        factors = fit_factors(task, theta, data, **options, progress=progress)
+        return cls.from_factors(factors, task.l2, damping)
+
+
+class EKFACCurvature(KroneckerCurvature):
+    """EK-FAC: the K-FAC eigenbases with eigenvalues refitted to the per-example gradients."""
+
+    @classmethod
+    def from_factors(
+        cls,
+        factors: KroneckerFactors,
+        task: Task,
+        theta: Tensor,
+        data: Iterable[Batch],
+        *,
+        damping: Damping = 0.0,
+        samples: int = 1,
+        seed: int = 1,
+        dtype: torch.dtype = torch.float64,
+        progress: bool = False,
+    ) -> EKFACCurvature:
+        """A second pass over ``data`` for the corrected eigenvalues (see ``corrected_eigenvalues``)."""
+        values = corrected_eigenvalues(
+            task, theta, data, factors, samples=samples, seed=seed, dtype=dtype, progress=progress
+        )
+        return cls(factors.space, factors, values, task.l2, damping)
+
+    @classmethod
+    def fit(
+        cls,
+        task: Task,
+        theta: Tensor,
+        data: Iterable[Batch],
+        *,
+        damping: Damping = 0.0,
+        fisher: Fisher = "empirical",
+        samples: int = 1,
+        seed: int = 0,
+        modules: Sequence[str] | None = None,
+        dtype: torch.dtype = torch.float64,
+        progress: bool = False,
+    ) -> EKFACCurvature:
+        """Two passes over ``data``: K-FAC factors (seed ``seed``), then eigenvalues (seed ``seed + 1``)."""
+        options = {"fisher": fisher, "samples": samples, "seed": seed, "modules": modules, "dtype": dtype}
+        factors = fit_factors(task, theta, data, **options, progress=progress)
+        return cls.from_factors(
+            factors, task, theta, data, damping=damping, samples=samples, seed=seed + 1, dtype=dtype, progress=progress
+        )
