@@ -77,7 +77,7 @@ def test_binary_lr_group_estimates_track_retraining(binary_lr, tmp_path):
     task, tensors, theta, influence = binary_lr
     X = tensors["X_train"]
     embedding = task.loss.predictions(task.outputs(theta, X)).detach().numpy()
-    groups = nearest_neighbour_groups(embedding, 50, round(0.1 * len(X)), seed=0)
+    groups = nearest_neighbour_groups(embedding, 50, round(0.1 * len(X)), seed=0, distinct=True)
     truth = retraining_truth(task, theta, tensors, groups, tmp_path)
     est = influence.estimate(groups)
     rho = {k: spearmanr(v.numpy(), truth).statistic for k, v in est.items()}

@@ -66,7 +66,9 @@ def add_faithfulness(commands: argparse._SubParsersAction) -> None:
     faith.add_argument(
         "--damping", type=parse_damping, default=0.0, help="damping ρ: a number or 'heuristic' (default 0)"
     )
-    faith.add_argument("--curvature", choices=["exact", "ggn"], default="exact", help="training curvature")
+    faith.add_argument(
+        "--curvature", choices=["exact", "ggn", "kfac", "ekfac"], default="exact", help="training curvature"
+    )
     faith.add_argument("--target-curvature", choices=["exact", "ggn"], default="exact", help="H_f products")
     faith.add_argument("--l2", type=float, default=0.01, help="L2 strength λ (SGD weight decay) (default 0.01)")
     faith.add_argument("--epochs", type=int, default=200, help="MLP: SGD epochs (default 200, Table 3)")
@@ -89,7 +91,9 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool-size", type=int, default=None, help="candidates drawn from the training set")
     parser.add_argument("--target-size", type=int, default=None, help="validation examples defining the target")
     parser.add_argument("--hidden", type=parse_ints, default=None, help="MLP hidden widths, e.g. 64,64")
-    parser.add_argument("--curvature", choices=["exact", "ggn"], default=None, help="training curvature")
+    parser.add_argument(
+        "--curvature", choices=["exact", "ggn", "kfac", "ekfac"], default=None, help="training curvature"
+    )
     parser.add_argument("--damping", type=parse_damping, default=None, help="damping ρ or 'heuristic'")
 
 
