@@ -57,11 +57,11 @@ class SelectionEvalConfig:
     target_size: int = 1000
     hidden: tuple[int, ...] = (64, 64)
     dropout: float = 0.1
-    sgd: SGDConfig = field(default_factory=lambda: SGDConfig(epochs=60))
-    budgets: tuple[int, ...] = (20, 40, 80, 160, 320)
+    sgd: SGDConfig = field(default_factory=lambda: SGDConfig(epochs=100, lr=0.05))
+    budgets: tuple[int, ...] = (25, 50, 100, 200, 400)
     seeds: int = 5
     methods: tuple[str, ...] = tuple(METHODS)
-    curvature: str = "ggn"
+    curvature: str = "ekfac"
     damping: Damping = 0.01
     workers: int = 2
 

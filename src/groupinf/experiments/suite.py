@@ -15,16 +15,38 @@ from groupinf.data import load_dataset
 from groupinf.experiments.faithfulness import FaithfulnessConfig, run_faithfulness
 from groupinf.experiments.figures import spearman_bars
 from groupinf.files import atomic_path
+from groupinf.training import SGDConfig
 
 CPU_SUITE: dict[str, FaithfulnessConfig] = {
     "digits-LR": FaithfulnessConfig(data="digits", model="lr", class_pairs=True),
     "digits-MLP": FaithfulnessConfig(
         data="digits", model="mlp", hidden=(32, 32), curvature="ggn", damping=0.01, class_pairs=True
     ),
+    "FashionMNIST-MLP": FaithfulnessConfig(
+        data="fashion-mnist",
+        model="mlp",
+        hidden=(64, 64),
+        curvature="ekfac",
+        damping=0.01,
+        sgd=SGDConfig(epochs=50, lr=0.05),
+        max_train=2000,
+        max_test=1000,
+        class_pairs=True,
+    ),
     "Concrete-MLP": FaithfulnessConfig(data="concrete", model="mlp", hidden=(32, 32), curvature="ggn", damping=0.01),
 }
 OPTIONAL_SUITE: dict[str, FaithfulnessConfig] = {
     "MNIST-LR": FaithfulnessConfig(data="mnist", model="lr", max_train=5000, max_test=1000),
+    "MNIST-MLP": FaithfulnessConfig(
+        data="mnist",
+        model="mlp",
+        hidden=(64, 64),
+        curvature="ekfac",
+        damping=0.01,
+        sgd=SGDConfig(epochs=50, lr=0.05),
+        max_train=2000,
+        max_test=1000,
+    ),
     "Parkinsons-MLP": FaithfulnessConfig(
         data="parkinsons", model="mlp", hidden=(32, 32), curvature="ggn", damping=0.01, max_train=3000
     ),
