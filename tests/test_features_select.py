@@ -115,8 +115,9 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
     assert record["terms"] == "F+I+B"
     argv = ["selection-eval", *pool, "--budgets", "5,10", "--seeds", 2, "--workers", 1, "--out", tmp_path / "ev"]
     assert cli.main(list(map(str, argv))) == 0
-    (run_dir,) = (tmp_path / "ev").iterdir()
-    results = json.loads((run_dir / "results.json").read_text())
+    (results_file,) = (tmp_path / "ev").rglob("results.json")
+    run_dir = results_file.parent
+    results = json.loads(results_file.read_text())
     assert set(results["results"]) == {"F+I", "F", "F+B", "F+I+B", "random"}
     for rows in results["results"].values():
         assert set(rows) == {"5", "10"}

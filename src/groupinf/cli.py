@@ -174,7 +174,7 @@ def run_faithfulness(args: argparse.Namespace) -> None:
 def run_select(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from groupinf.experiments.selection_eval import pool_features, prepare_pool
+    from groupinf.experiments.selection_eval import digest, pool_features, prepare_pool
     from groupinf.features import SelectionFeatures, select_from_features
     from groupinf.files import atomic_save_npy, atomic_write_json
 
@@ -186,8 +186,12 @@ def run_select(args: argparse.Namespace) -> None:
         shared, target = prepare_pool(config)
         if args.k > config.pool_size:
             raise ValueError(f"k = {args.k} is larger than the pool ({config.pool_size} candidates)")
-        work = args.out / "work" / config.fingerprint()
-        features = pool_features(config, shared, target, work, args.checkpoint).to(args.device)
+        root = args.out / "work" / config.model_fingerprint()
+        if args.checkpoint is not None:  # features of a given θ* live apart from those of a trained one
+            root = (
+                root / f"checkpoint-{digest(args.checkpoint.read_bytes()) if args.checkpoint.is_file() else 'missing'}"
+            )
+        features = pool_features(config, shared, target, root, args.checkpoint).to(args.device)
         pool_indices = shared["pool_indices"]
     selection = select_from_features(features, args.k, args.method, args.terms, args.seed, progress=True)
     indices = selection.indices.cpu().numpy()

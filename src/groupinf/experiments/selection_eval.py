@@ -80,11 +80,19 @@ class SelectionEvalConfig:
         if not self.budgets or min(self.budgets) < 1 or max(self.budgets) > self.pool_size:
             raise ValueError(f"budgets must lie in [1, pool_size = {self.pool_size}], got {self.budgets}")
 
-    def fingerprint(self) -> str:
-        """A short hash of the settings that determine θ* and the pool's features."""
-        keys = ("data", "data_dir", "pool_size", "target_size", "hidden", "dropout", "sgd", "curvature", "damping")
-        settings = {k: getattr(self, k) for k in keys}
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    def model_fingerprint(self) -> str:
+        """A short hash of the settings that determine the pool, θ* and every retraining."""
+        return digest(
+            {k: getattr(self, k) for k in ("data", "data_dir", "pool_size", "target_size", "hidden", "dropout", "sgd")}
+        )
+
+    def features_fingerprint(self) -> str:
+        """A short hash of the settings that determine the features given θ*."""
+        return digest({"curvature": self.curvature, "damping": self.damping})
+
+
+def digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 PRESETS: dict[str, SelectionEvalConfig] = {
@@ -124,13 +132,13 @@ def train_model(shared: dict, job: dict) -> dict:
     return {"test_loss": loss, "test_accuracy": accuracy}
 
 
-def reference_model(shared: dict, out: Path, checkpoint: Path | None = None) -> torch.nn.Module:
-    """``θ*``: the MLP trained on the whole pool with seed 0 (cached as ``out/theta_star.safetensors``),
+def reference_model(shared: dict, root: Path, checkpoint: Path | None = None) -> torch.nn.Module:
+    """``θ*``: the MLP trained on the whole pool with seed 0 (cached as ``root/theta_star.safetensors``),
     or the state dict in ``checkpoint`` (safetensors) for the configured architecture."""
     config: SelectionEvalConfig = shared["config"]
     torch.manual_seed(0)
     model = mlp(shared["X_pool"].shape[1], shared["num_classes"], config.hidden, config.dropout)
-    path = out / "theta_star.safetensors"
+    path = root / "theta_star.safetensors"
     if checkpoint is not None:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"no checkpoint at {checkpoint}")
@@ -151,14 +159,14 @@ def pool_features(
     config: SelectionEvalConfig,
     shared: dict,
     target: tuple[Tensor, Tensor],
-    out: Path,
+    root: Path,
     checkpoint: Path | None = None,
 ) -> SelectionFeatures:
-    """Per-candidate features of the pool at ``θ*`` (cached as ``out/features.safetensors``)."""
-    path = out / "features.safetensors"
+    """Per-candidate features of the pool at ``θ*`` (cached as ``root/<features hash>/features.safetensors``)."""
+    path = root / config.features_fingerprint() / "features.safetensors"
     if path.exists():
         return SelectionFeatures.load(path)
-    model = reference_model(shared, out, checkpoint)
+    model = reference_model(shared, root, checkpoint)
     task = Task(model, CrossEntropy(), config.sgd.weight_decay, mean_loss(*target))
     theta = task.theta()
     X, y = shared["X_pool"], shared["y_pool"]
@@ -195,9 +203,9 @@ def run_selection_eval(config: SelectionEvalConfig, out: Path) -> dict:
     """Run the protocol; write ``out/results.json``, ``out/results.md`` and ``out/selection.png``."""
     config.check_budgets()
     shared, target = prepare_pool(config)
-    out = out / config.fingerprint()
-    out.mkdir(parents=True, exist_ok=True)
-    features = pool_features(config, shared, target, out)
+    root = out / config.model_fingerprint()
+    features = pool_features(config, shared, target, root)
+    out = root / config.features_fingerprint()
 
     k_max = max(config.budgets)
     orders: dict[str, list[np.ndarray]] = {}
@@ -205,13 +213,19 @@ def run_selection_eval(config: SelectionEvalConfig, out: Path) -> dict:
         method, terms = METHODS[name]
         seeds = range(config.seeds) if method == "random" else [0]
         orders[name] = [select_from_features(features, k_max, method, terms, seed=s).indices.numpy() for s in seeds]
+    # Retrainings are keyed by the subset's content, so identical subsets (e.g. the same random draw under
+    # another damping) are trained once.
+    keys: dict[str, str] = {}
     jobs = {}
     for name, chosen in orders.items():
         for k in config.budgets:
             for seed in range(config.seeds):
-                order = chosen[seed % len(chosen)]
-                jobs[f"{name}_k{k}_s{seed}"] = {"indices": order[:k].tolist(), "seed": seed}
-    trained = run_jobs(train_model, jobs, out / "retrain", shared, config.workers, desc="retraining subsets")
+                indices = sorted(chosen[seed % len(chosen)][:k].tolist())
+                key = f"{digest(indices)}_s{seed}"
+                keys[f"{name}_k{k}_s{seed}"] = key
+                jobs[key] = {"indices": indices, "seed": seed}
+    done = run_jobs(train_model, jobs, root / "retrain", shared, config.workers, desc="retraining subsets")
+    trained = {name: done[key] for name, key in keys.items()}
 
     labels = shared["y_pool"].numpy()
     table = {}
