@@ -99,8 +99,7 @@ def memory() -> dict[str, float]:
 
 
 def run_groupinf(setup: dict, batch_size: int) -> tuple[np.ndarray, dict]:
-    from groupinf.curvature import EKFACCurvature, gradient_products, tensor_batches
-    from groupinf.gradients import per_example_gradients
+    from groupinf.curvature import EKFACCurvature, gradient_products, hooked_gradients, tensor_batches
     from groupinf.losses import CrossEntropy
     from groupinf.target import mean_loss
     from groupinf.task import Task
@@ -118,7 +117,7 @@ def run_groupinf(setup: dict, batch_size: int) -> tuple[np.ndarray, dict]:
         task, theta, data, fisher="empirical", damping="heuristic", dtype=torch.float32, compute_dtype=torch.float32
     )
     fitted = time.perf_counter()
-    queries = per_example_gradients(task, theta, Xq, yq, batch_size=batch_size)
+    queries = hooked_gradients(task, theta, tensor_batches(Xq, yq, batch_size))  # (Q, p), hooks, no vmap
     preconditioned = curvature.solve(queries)  # (Q, p)
     scores = gradient_products(task, theta, data, preconditioned)  # (Q, N), no per-example train gradients
     done = time.perf_counter()

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from groupinf.curvature import EigenCurvature, gauss_newton
-from groupinf.curvature.factored import gradient_products
+from groupinf.curvature.factored import gradient_products, hooked_gradients
 from groupinf.curvature.hooks import backpropagate, find_layers, recording
 from groupinf.curvature.kfac import (
     EKFACCurvature,
@@ -549,4 +549,6 @@ def test_gradient_products_without_per_example_gradients(kind, mlp, cnn):
         task, theta, X, y = _small_task(kind)
     M = torch.randn(4, theta.numel(), generator=torch.Generator().manual_seed(1), dtype=DT)
     products = gradient_products(task, theta, tensor_batches(X, y, 16), M)
-    torch.testing.assert_close(products, M @ per_example_gradients(task, theta, X, y).T)
+    grads = per_example_gradients(task, theta, X, y)
+    torch.testing.assert_close(products, M @ grads.T)
+    torch.testing.assert_close(hooked_gradients(task, theta, tensor_batches(X, y, 16)), grads)

@@ -323,6 +323,14 @@ class KroneckerCurvature(Curvature):
     def _apply(self, V: Tensor, power: int) -> Tensor:
         if V.ndim != 2 or V.shape[1] != self.space.numel:
             raise ValueError(f"expected row vectors (k, {self.space.numel}), got {tuple(V.shape)}")
+        out = torch.empty(V.shape, dtype=V.dtype, device=V.device)
+        # bound the temporaries: at most CHUNK_ELEMENTS entries of the largest layer's matrices at once
+        step = max(1, CHUNK_ELEMENTS // max(b.layer.numel for b in self.blocks))
+        for start in range(0, len(V), step):
+            out[start : start + step] = self._apply_rows(V[start : start + step], power)
+        return out
+
+    def _apply_rows(self, V: Tensor, power: int) -> Tensor:
         slices = self.space.slices()
         work = V.to(self.compute_dtype)
         out = torch.empty_like(work)
