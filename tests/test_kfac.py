@@ -436,7 +436,8 @@ def test_unsupported_layers_and_bad_inputs_are_rejected_clearly():
 
     plain = task_of(nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)))
     with pytest.raises(ValueError, match="re-iterable"):
-        fit_factors(plain, plain.theta(), iter(data))
+        EKFACCurvature.fit(plain, plain.theta(), iter(data))
+    assert fit_factors(plain, plain.theta(), iter(data)).num_examples == 8  # one pass: an iterator will do
     with pytest.raises(ValueError, match="fisher must be one of"):
         fit_factors(plain, plain.theta(), data, fisher="sampled")
     with pytest.raises(ValueError, match="needs labels"):

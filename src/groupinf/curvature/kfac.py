@@ -121,14 +121,18 @@ def captured_batches(
             yield len(x), captured, weights
 
 
-def _check_options(fisher: str, samples: int, data: Iterable[Batch]) -> None:
+def _check_options(fisher: str, samples: int) -> None:
     if fisher not in FISHERS:
         raise ValueError(f"fisher must be one of {FISHERS}, got {fisher!r}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    if iter(data) is data:
+
+
+def _check_reiterable(data: Iterable[Batch]) -> None:
+    if isinstance(data, Iterator):
         raise ValueError(
-            "data must be re-iterable (a DataLoader, a list of batches, tensor_batches(…)), not an iterator"
+            "EK-FAC makes two passes over the data: pass a re-iterable (a DataLoader, a list of batches, "
+            "tensor_batches(…)), not an iterator"
         )
 
 
@@ -179,7 +183,7 @@ def fit_factors(
     every module owning an attributed parameter); sums are accumulated in ``dtype``. Put the model in
     ``eval()`` mode first (dropout would make the factors random).
     """
-    _check_options(fisher, samples, data)
+    _check_options(fisher, samples)
     layers = find_layers(task.model, task.space, modules)
     generator = torch.Generator(device=theta.device).manual_seed(seed)
     A = {la.name: torch.zeros(la.columns, la.columns, dtype=dtype, device=theta.device) for la in layers}
@@ -225,7 +229,7 @@ def corrected_eigenvalues(
     for chunks of examples with a batched matrix product (``S_i`` ``(T, d_out)``, ``Ā_i`` ``(T, columns)``).
     """
     fisher = factors.fisher
-    _check_options(fisher, samples, data)
+    _check_options(fisher, samples)
     bases = factors.eigenbases
     layers = factors.layers
     generator = torch.Generator(device=theta.device).manual_seed(seed)
@@ -430,6 +434,7 @@ class EKFACCurvature(KroneckerCurvature):
         progress: bool = False,
     ) -> EKFACCurvature:
         """Two passes over ``data``: K-FAC factors (seed ``seed``), then eigenvalues (seed ``seed + 1``)."""
+        _check_reiterable(data)
         options = {"fisher": fisher, "samples": samples, "seed": seed, "modules": modules, "dtype": dtype}
         factors = fit_factors(task, theta, data, **options, progress=progress)
         return cls.from_factors(
