@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from groupinf.curvature import EigenCurvature, gauss_newton
-from groupinf.curvature.factored import gradient_products
+from groupinf.curvature.factored import gradient_products, hooked_gradients
 from groupinf.curvature.hooks import backpropagate, find_layers, recording
 from groupinf.curvature.kfac import (
     EKFACCurvature,
@@ -436,7 +436,8 @@ def test_unsupported_layers_and_bad_inputs_are_rejected_clearly():
 
     plain = task_of(nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)))
     with pytest.raises(ValueError, match="re-iterable"):
-        fit_factors(plain, plain.theta(), iter(data))
+        EKFACCurvature.fit(plain, plain.theta(), iter(data))
+    assert fit_factors(plain, plain.theta(), iter(data)).num_examples == 8  # one pass: an iterator will do
     with pytest.raises(ValueError, match="fisher must be one of"):
         fit_factors(plain, plain.theta(), data, fisher="sampled")
     with pytest.raises(ValueError, match="needs labels"):
@@ -467,8 +468,11 @@ def test_solve_inverts_matvec_and_heuristic_damping(mlp):
     heuristic = curvatures[-1]
     for block in heuristic.blocks:
         assert block.damping == pytest.approx(0.1 * (block.eigenvalues.mean().item() + task.l2))
-    # float32 vectors come back as float32 (the work is done in float64)
+    # float32 vectors come back as float32 (the work is done in float64); float32 arithmetic is close
     assert heuristic.solve(V.float()).dtype == torch.float32
+    fast = EKFACCurvature.from_factors(factors, task, theta, batches, damping="heuristic", compute_dtype=torch.float32)
+    reference = heuristic.solve(V)
+    assert ((fast.solve(V.float()).double() - reference).norm() / reference.norm()).item() < 1e-5
 
 
 def test_float32_model_accumulates_in_float64(mlp):
@@ -546,4 +550,6 @@ def test_gradient_products_without_per_example_gradients(kind, mlp, cnn):
         task, theta, X, y = _small_task(kind)
     M = torch.randn(4, theta.numel(), generator=torch.Generator().manual_seed(1), dtype=DT)
     products = gradient_products(task, theta, tensor_batches(X, y, 16), M)
-    torch.testing.assert_close(products, M @ per_example_gradients(task, theta, X, y).T)
+    grads = per_example_gradients(task, theta, X, y)
+    torch.testing.assert_close(products, M @ grads.T)
+    torch.testing.assert_close(hooked_gradients(task, theta, tensor_batches(X, y, 16)), grads)

@@ -2,7 +2,7 @@
 
 from groupinf.curvature.base import Curvature, Damping, resolve_damping
 from groupinf.curvature.dense import EigenCurvature, exact_hessian, gauss_newton
-from groupinf.curvature.factored import gradient_products
+from groupinf.curvature.factored import gradient_products, hooked_gradients
 from groupinf.curvature.kfac import (
     EKFACCurvature,
     KFACCurvature,
@@ -26,6 +26,7 @@ __all__ = [
     "fit_factors",
     "gauss_newton",
     "gradient_products",
+    "hooked_gradients",
     "resolve_damping",
     "tensor_batches",
 ]

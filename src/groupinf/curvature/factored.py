@@ -66,3 +66,36 @@ def gradient_products(
     if not columns:
         raise ValueError("data yielded no examples")
     return torch.cat(columns, dim=1)
+
+
+def hooked_gradients(
+    task: Task,
+    theta: Tensor,
+    data: Iterable[Batch],
+    *,
+    modules: Sequence[str] | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Per-example gradients ``g_i`` ``(N, p)`` (ParamSpace layout) assembled from the captured ``a`` and ``s``.
+
+    The same numbers as ``gradients.per_example_gradients`` for models made of covered layers, with one
+    batched forward/backward pass per batch and ``∇W_i = Σ_t s_{i,t} ā_{i,t}ᵀ`` instead of ``vmap``: less
+    time and memory for MLPs and CNNs. Real labels (``g_i = ∇l_i``); in ``theta``'s dtype.
+    """
+    layers = find_layers(task.model, task.space, modules)
+    slices = task.space.slices()
+    generator = torch.Generator(device=theta.device)
+    rows = []
+    batches = captured_batches(task, theta, data, layers, "empirical", 1, generator, "gradients", progress)
+    for size, captured, _ in batches:
+        out = torch.empty(size, task.space.numel, dtype=theta.dtype, device=theta.device)
+        for layer in layers:
+            seen = captured[layer.name]
+            grads = seen.s[0].transpose(1, 2) @ seen.a  # (B, d_out, columns)
+            out[:, slices[layer.weight]] = grads[..., : layer.in_features].reshape(size, -1)
+            if layer.bias is not None:
+                out[:, slices[layer.bias]] = grads[..., -1]
+        rows.append(out)
+    if not rows:
+        raise ValueError("data yielded no examples")
+    return torch.cat(rows)
