@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# The benchmarks compare with peers (Kronfluence) that never enter the project's own environment.
+BENCH_VENV := .venv-bench
 # CPU wheel by default; see README for a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= runs/demo
@@ -23,8 +25,14 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-bench: $(VENV)/.installed
-	$(PY) -m benchmarks
+$(BENCH_VENV)/.installed: pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q $(TORCH_SPEC)
+	$(BENCH_VENV)/bin/python -m pip install -q -e ".[llm]" kronfluence==1.0.1
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m benchmarks
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("greedy_selection",)
+BENCHMARKS = ("greedy_selection", "ekfac_vs_kronfluence")
 
 
 def main(names: list[str]) -> int:

@@ -35,7 +35,6 @@ ratio 0.16-0.33; peak RSS ratio 0.94-1.04; Spearman 0.999998 and Pearson 1.00000
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import subprocess
@@ -49,28 +48,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzip) as a numpy array (uint8)."""
-    with gzip.open(path, "rb") as handle:
-        raw = handle.read()
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
 
 def load_fashion_mnist(num_train: int, num_queries: int) -> tuple[torch.Tensor, ...]:
-    if not DATA_DIR.exists():
-        raise SystemExit(f"{DATA_DIR} not found: apt-get install -y dataset-fashion-mnist")
-    X = read_idx(DATA_DIR / "train-images-idx3-ubyte.gz")[:num_train].reshape(num_train, -1).astype(np.float32) / 255
-    y = read_idx(DATA_DIR / "train-labels-idx1-ubyte.gz")[:num_train].astype(np.int64)
-    Xq = read_idx(DATA_DIR / "t10k-images-idx3-ubyte.gz")[:num_queries].reshape(num_queries, -1).astype(np.float32)
-    yq = read_idx(DATA_DIR / "t10k-labels-idx1-ubyte.gz")[:num_queries].astype(np.int64)
+    """The first ``num_train`` training and ``num_queries`` test images (standardised pixels) and labels."""
+    from groupinf.data import load_fashion_mnist as load
+
+    data = load()  # a clear error naming the files and `apt-get install dataset-fashion-mnist` if missing
+    X = data.X_train[:num_train].reshape(num_train, -1)
+    Xq = data.X_test[:num_queries].reshape(num_queries, -1)
     mean, std = X.mean(), X.std()
-    X, Xq = (X - mean) / std, (Xq / 255 - mean) / std
-    return torch.from_numpy(X), torch.from_numpy(y), torch.from_numpy(Xq), torch.from_numpy(yq)
+    return (
+        torch.from_numpy((X - mean) / std),
+        torch.from_numpy(data.y_train[:num_train]),
+        torch.from_numpy((Xq - mean) / std),
+        torch.from_numpy(data.y_test[:num_queries]),
+    )
 
 
 def make_model() -> nn.Module:
