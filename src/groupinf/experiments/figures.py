@@ -78,9 +78,10 @@ def class_pair_figure(
                     axis.imshow(images[idx], cmap="gray")
                     axis.set_xticks([])
                     axis.set_yticks([])
-                    axis.set_title(f"{class_names[labels[idx]]}", fontsize="small")
-                    if half == 0:
-                        axis.set_ylabel(f"{name}\nJ={value:.1e}", fontsize="x-small")
+                    title = f"{class_names[labels[idx]]}" + (f"  (J={value:.1e})" if half == 0 else "")
+                    axis.set_title(title, fontsize="small")
+                    if half == 0 and col == 0:
+                        axis.set_ylabel(name, fontsize="small")
     save(fig, path)
 
 
