@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from groupinf.llm.config import ExtractConfig, SelectConfig, WarmupConfig, add_options, load_config
@@ -81,8 +80,10 @@ def run_llm(args: argparse.Namespace) -> None:
         from groupinf.llm.extract import extract
 
         config = load_config("extract", args.config, args)
-        spec = extract(args.model, args.data, args.out, config, args.adapter, args.device).spec
-        if int(os.environ.get("RANK", "0")) == 0:
+        done = extract(args.model, args.data, args.out, config, args.adapter, args.device)
+        spec = done.store.spec
+        print(f"rank {done.rank} of {done.world_size}: computed shards {done.computed}")
+        if done.rank == 0:
             print(f"{spec.num_examples} examples, d = {spec.dim}, {spec.num_shards} {spec.dtype} shards in {args.out}")
     else:
         from groupinf.llm.select import run_selection

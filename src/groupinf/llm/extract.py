@@ -77,6 +77,16 @@ def describe_source(model: str, data: Path, adapter: str | Path | None) -> dict[
     return source
 
 
+@dataclass(frozen=True)
+class Extraction:
+    """The store, and the shards this process computed (its rank among ``world_size`` processes)."""
+
+    store: GradientStore
+    computed: list[int]
+    rank: int
+    world_size: int
+
+
 def extract(
     model: str,
     data: str | Path,
@@ -85,10 +95,10 @@ def extract(
     adapter: str | Path | None = None,
     device: str | None = None,
     progress: bool = True,
-) -> GradientStore:
+) -> Extraction:
     """Fill the store at ``out`` with the projected gradients of every example of ``data``.
 
-    Finished shards are kept; an interrupted run resumes where it stopped. Returns the store.
+    Finished shards are kept; an interrupted run resumes where it stopped.
     """
     workers = Workers.from_env(device)
     try:
@@ -110,7 +120,7 @@ def extract(
             settings=as_dict(config),
         )
         if workers.rank == 0:
-            GradientStore.prepare(out, spec)
+            GradientStore.prepare(out, spec).discard_partial_files()
         workers.barrier()
         store = GradientStore.prepare(out, spec)
         mine = store.missing_shards()[workers.rank :: workers.world_size]
@@ -129,7 +139,7 @@ def extract(
             }
             store.write_shard(shard, arrays, moments, info)
         workers.barrier()
-        return store
+        return Extraction(store, mine, workers.rank, workers.world_size)
     finally:
         workers.close()
 

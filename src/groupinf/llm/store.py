@@ -138,6 +138,11 @@ class GradientStore:
             )
         return store
 
+    def discard_partial_files(self) -> None:
+        """Remove temporary files a killed writer left behind (call while no process is writing)."""
+        for path in (self.path / "shards").glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+
     def _file(self, shard: int, suffix: str) -> Path:
         return self.path / "shards" / f"{shard:05d}.{suffix}"
 
