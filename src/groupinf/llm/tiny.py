@@ -88,9 +88,14 @@ def tiny_llama(
     num_kv_heads: int = 2,
     intermediate_size: int = 64,
     max_positions: int = 512,
+    initializer_range: float = 0.2,
     seed: int = 0,
 ):
-    """A randomly initialised ``LlamaForCausalLM`` (float32) of the given size."""
+    """A randomly initialised ``LlamaForCausalLM`` (float32) of the given size.
+
+    Weights are drawn with std ``initializer_range`` (Llama's default 0.02 gives a tiny model almost
+    uniform predictions that LoRA can hardly move).
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -104,6 +109,7 @@ def tiny_llama(
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
