@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("greedy_selection",)
+BENCHMARKS = ("greedy_selection", "llm_extraction")
 
 
 def main(names: list[str]) -> int:

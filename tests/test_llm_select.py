@@ -25,7 +25,12 @@ from groupinf.llm.store import GradientStore, StoreSpec
 from groupinf.selection import InteractionFactors, greedy_select, random_select, topk_select
 from llm_helpers import TINY_EXTRACT, extract_args, make_world, random_adapter
 
-LAYERS = (LayerSpec("a", d_out=8, d_in=8, r_out=2, r_in=3), LayerSpec("b", d_out=8, d_in=8, r_out=3, r_in=2))
+#: "a" and "c" share a shape (one group, non-adjacent columns), "b" is the other group
+LAYERS = (
+    LayerSpec("a", d_out=8, d_in=8, r_out=2, r_in=3),
+    LayerSpec("b", d_out=8, d_in=8, r_out=3, r_in=2),
+    LayerSpec("c", d_out=8, d_in=8, r_out=2, r_in=3),
+)
 SETTINGS = {"projection": "gaussian", "seed": 0}
 
 
@@ -104,7 +109,7 @@ def test_ekfac_eigenvalues_are_the_fisher_diagonal_in_the_kfac_eigenbasis(tmp_pa
     V = torch.randn(3, store.spec.dim, dtype=torch.float64)
     torch.testing.assert_close(curvature.solve(V), V @ torch.linalg.inv(blocks(explicit)))
     with pytest.raises(ValueError, match="singular"):
-        KroneckerCurvature(LAYERS, curvature.bases, [torch.zeros(2, 3), torch.zeros(3, 2)], l2=0.0, damping=0.0)
+        KroneckerCurvature(LAYERS, curvature.bases, [torch.zeros(2, 3), torch.ones(3, 2), torch.ones(2, 3)], 0.0, 0.0)
 
 
 def test_features_for_several_targets_equal_those_computed_one_at_a_time(tmp_path):

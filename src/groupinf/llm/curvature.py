@@ -21,6 +21,7 @@ For ``kfac``/``ekfac``, ``(H_ℓ + ρ_ℓ I)⁻¹ vec(V) = Q_S [(Q_Sᵀ V Q_A) �
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -46,6 +47,43 @@ def projected_fisher(store: GradientStore, device: str | torch.device = "cpu") -
         rows = array.to(device, torch.float64)
         total.addmm_(rows.T, rows)
     return total / store.spec.num_examples
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """The projected layers of one shape ``(r_out, r_in)``, handled together: their indices in the layer
+    list and the positions of their entries in the flat vector ``(L·r_out·r_in,)``, layer after layer."""
+
+    members: list[int]
+    columns: Tensor
+    shape: tuple[int, int]
+
+    def blocks(self, rows: Tensor) -> Tensor:
+        """``(k, L, r_out, r_in)``: each member's matrix in each row vector of ``rows`` ``(k, d)``."""
+        return rows[:, self.columns.to(rows.device)].reshape(len(rows), len(self.members), *self.shape)
+
+
+def layer_groups(layers: Sequence[LayerSpec]) -> list[LayerGroup]:
+    """Layers grouped by projected shape, so that each group's rotations are two batched products."""
+    offsets = torch.tensor([0] + [layer.size for layer in layers]).cumsum(0).tolist()
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for index, layer in enumerate(layers):
+        by_shape.setdefault((layer.r_out, layer.r_in), []).append(index)
+    return [
+        LayerGroup(members, torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in members]), shape)
+        for shape, members in by_shape.items()
+    ]
+
+
+def rotate(blocks: Tensor, q_s: Tensor, q_a: Tensor) -> Tensor:
+    """``Q_Sᵀ M Q_A`` for every matrix ``M`` of ``blocks`` ``(k, L, r_out, r_in)``, ``q_s`` ``(L, r_out, r_out)``,
+    ``q_a`` ``(L, r_in, r_in)`` (two products batched over the ``L`` layers, each a tall GEMM)."""
+    return torch.einsum("lpo,blpq->bloq", q_s, torch.einsum("blpi,liq->blpq", blocks, q_a))
+
+
+def unrotate(blocks: Tensor, q_s: Tensor, q_a: Tensor) -> Tensor:
+    """``Q_S R Q_Aᵀ`` for every matrix ``R`` of ``blocks``: the inverse of ``rotate`` for orthogonal bases."""
+    return torch.einsum("lpo,bloi->blpi", q_s, torch.einsum("bloq,liq->bloi", blocks, q_a))
 
 
 class KroneckerCurvature(Curvature):
@@ -83,6 +121,15 @@ class KroneckerCurvature(Curvature):
             self.layer_damping.append(rho)
         sizes = [layer.size for layer in self.layers]
         self.damping = sum(r * s for r, s in zip(self.layer_damping, sizes, strict=True)) / sum(sizes)
+        self.groups = layer_groups(self.layers)
+        self._stacked = [
+            (
+                torch.stack([self.bases[i][0] for i in group.members]),
+                torch.stack([self.bases[i][1] for i in group.members]),
+                torch.stack([self.eigenvalues[i] + self.l2 + self.layer_damping[i] for i in group.members]),
+            )
+            for group in self.groups
+        ]
 
     def _apply(self, V: Tensor, power: int) -> Tensor:
         dim = sum(layer.size for layer in self.layers)
@@ -90,16 +137,10 @@ class KroneckerCurvature(Curvature):
             raise ValueError(f"expected row vectors (k, {dim}), got {tuple(V.shape)}")
         work = V.double()
         out = torch.empty_like(work)
-        offset = 0
-        for layer, (q_s, q_a), values, rho in zip(
-            self.layers, self.bases, self.eigenvalues, self.layer_damping, strict=True
-        ):
-            q_s, q_a = q_s.to(work.device), q_a.to(work.device)
-            block = work[:, offset : offset + layer.size].reshape(-1, layer.r_out, layer.r_in)
-            scale = (values.to(work.device) + self.l2 + rho) ** power
-            rotated = (q_s.T @ block @ q_a) * scale
-            out[:, offset : offset + layer.size] = (q_s @ rotated @ q_a.T).flatten(1)
-            offset += layer.size
+        for group, (q_s, q_a, shifted) in zip(self.groups, self._stacked, strict=True):
+            q_s, q_a, shifted = q_s.to(work.device), q_a.to(work.device), shifted.to(work.device)
+            scaled = rotate(group.blocks(work), q_s, q_a) * shifted**power
+            out[:, group.columns.to(work.device)] = unrotate(scaled, q_s, q_a).flatten(1)
         return out.to(V.dtype)
 
     def solve(self, V: Tensor) -> Tensor:
@@ -128,17 +169,24 @@ def corrected_eigenvalues(
     store: GradientStore, bases: Sequence[tuple[Tensor, Tensor]], device: str | torch.device = "cpu"
 ) -> list[Tensor]:
     """EK-FAC ``Λ = (1/N) Σ_i (Q_Sᵀ G̃_i Q_A)^{∘2}`` per layer, from the stored (Fisher) gradients."""
-    layers = store.spec.layers
-    on_device = [(q_s.to(device), q_a.to(device)) for q_s, q_a in bases]
-    totals = [torch.zeros(layer.r_out, layer.r_in, dtype=torch.float64, device=device) for layer in layers]
+    groups = layer_groups(store.spec.layers)
+    stacked = [
+        (
+            torch.stack([bases[i][0] for i in group.members]).to(device, torch.float64),
+            torch.stack([bases[i][1] for i in group.members]).to(device, torch.float64),
+        )
+        for group in groups
+    ]
+    totals = [torch.zeros(len(group.members), *group.shape, dtype=torch.float64, device=device) for group in groups]
     for _, array in store.shards("fisher"):
         rows = array.to(device, torch.float64)
-        offset = 0
-        for layer, (q_s, q_a), total in zip(layers, on_device, totals, strict=True):
-            block = rows[:, offset : offset + layer.size].reshape(-1, layer.r_out, layer.r_in)
-            total += (q_s.T @ block @ q_a).square().sum(dim=0)
-            offset += layer.size
-    return [total.cpu() / store.spec.num_examples for total in totals]
+        for group, (q_s, q_a), total in zip(groups, stacked, totals, strict=True):
+            total += rotate(group.blocks(rows), q_s, q_a).square().sum(dim=0)
+    values: list[Tensor] = [torch.empty(0)] * len(store.spec.layers)
+    for group, total in zip(groups, totals, strict=True):
+        for position, index in enumerate(group.members):
+            values[index] = total[position].cpu() / store.spec.num_examples
+    return values
 
 
 def fit_curvature(
