@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from groupinf.llm.data import collate, encode, load_records, pad_id
-from groupinf.llm.extract import extract
+from groupinf.llm.extract import extract, length_batches
 from groupinf.llm.models import linear_layers, load_model, load_tokenizer
 from groupinf.llm.projection import LayerSpec, Projector
 from groupinf.llm.store import GradientStore, StoreSpec
@@ -43,8 +43,9 @@ def run_extract(world, out, config=TINY_EXTRACT):
     return extract(str(world.model), world.pool, out, config, adapter, device="cpu", progress=False)
 
 
-def test_store_holds_each_examples_projected_gradients(world, tmp_path):
-    done = run_extract(world, tmp_path / "store")
+@pytest.mark.parametrize("config", [TINY_EXTRACT, replace(TINY_EXTRACT, batch_size=8, batch_tokens=100)])
+def test_store_holds_each_examples_projected_gradients(world, tmp_path, config):
+    done = run_extract(world, tmp_path / "store", config)
     store = done.store
     assert (done.computed, done.rank, done.world_size) == ([0, 1, 2], 0, 1)
     assert (store.spec.num_examples, store.spec.num_shards, store.spec.dim) == (20, 3, 12 * 3 * 2)
@@ -71,6 +72,16 @@ def test_store_holds_each_examples_projected_gradients(world, tmp_path):
     meta = json.loads((tmp_path / "store" / "store.json").read_text())
     assert meta["source"]["adapter_sha256"] and meta["source"]["data_sha256"]
     assert [layer["name"] for layer in meta["layers"]] == list(linear_layers(model))
+
+
+def test_length_batches_respect_both_limits():
+    lengths = [5, 30, 7, 12, 30, 2, 50, 9]
+    batches = length_batches(lengths, batch_size=3, batch_tokens=40)
+    order = [i for batch in batches for i in batch]
+    assert [lengths[i] for i in order] == sorted(lengths) and sorted(order) == list(range(8))
+    assert all(len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 40) for b in batches)
+    assert batches == [[5, 0, 2], [7, 3], [1], [4], [6]]
+    assert length_batches(lengths, batch_size=8) == [order]
 
 
 def test_interrupted_extraction_resumes_at_the_first_unfinished_shard(world, tmp_path, monkeypatch):

@@ -93,7 +93,8 @@ class ExtractConfig:
     seed: int = _help("seed of the projections and of the labels sampled for the true Fisher", 0)
     layers: str | None = _help("regex over Linear module names (default: the LoRA layers, else every Linear)", None)
     fisher: str = _help("true: curvature from labels sampled from the model; empirical: from the data", "true")
-    batch_size: int = _help("examples per forward/backward pass", 8)
+    batch_size: int = _help("examples per forward/backward pass (at most)", 8)
+    batch_tokens: int | None = _help("at most this many padded tokens (examples x longest) per pass", None)
     shard_size: int = _help("examples per shard (the unit of resumption and of work across ranks)", 1024)
     dtype: str = _help("storage dtype of the projected gradients: bfloat16, float16, float32", "bfloat16")
     max_length: int = _help("tokens kept per example", 2048)
@@ -101,7 +102,7 @@ class ExtractConfig:
     precision: str = _help("model precision: auto, bf16, fp32, fp64", "auto")
 
     def __post_init__(self) -> None:
-        for name in ("r_in", "r_out", "batch_size", "shard_size", "max_length"):
+        for name in ("r_in", "r_out", "batch_size", "batch_tokens", "shard_size", "max_length"):
             _positive(name, getattr(self, name))
         _choose("projection", self.projection, PROJECTIONS)
         _choose("fisher", self.fisher, FISHERS)

@@ -4,7 +4,8 @@ Under ``torchrun`` (``WORLD_SIZE`` > 1) the processes join a process group (gloo
 rank 0 creates or checks the store, every rank lists the unfinished shards and takes every
 ``world_size``-th of them. A shard's content depends only on its rows, never on the rank, so the store is
 the one a single process would write. Within a shard, examples are batched in order of length (less
-padding) and written back in file order.
+padding; at most ``batch_size`` examples and ``batch_tokens`` padded tokens per pass) and written back in
+file order.
 """
 
 from __future__ import annotations
@@ -144,6 +145,24 @@ def extract(
         workers.close()
 
 
+def length_batches(lengths: list[int], batch_size: int, batch_tokens: int | None = None) -> list[list[int]]:
+    """Indices in order of length, cut into batches of at most ``batch_size`` examples and (when given) at
+    most ``batch_tokens`` padded tokens (examples × the longest); an example longer than ``batch_tokens``
+    gets a batch of its own."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        too_many = len(current) == batch_size
+        too_long = batch_tokens is not None and (len(current) + 1) * lengths[index] > batch_tokens
+        if current and (too_many or too_long):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
 def compute_shard(
     projector: Projector,
     examples: list[Encoded],
@@ -162,9 +181,8 @@ def compute_shard(
         moments[f"in:{spec.name}"] = torch.zeros(spec.r_in, spec.r_in, dtype=torch.float64, device=device)
         moments[f"out:{spec.name}"] = torch.zeros(spec.r_out, spec.r_out, dtype=torch.float64, device=device)
     tokens = 0
-    order = sorted(range(rows), key=lambda i: len(examples[i].input_ids))
-    for first in range(0, rows, config.batch_size):
-        chosen = order[first : first + config.batch_size]
+    lengths = [len(e.input_ids) for e in examples]
+    for chosen in length_batches(lengths, config.batch_size, config.batch_tokens):
         batch = collate([examples[i] for i in chosen], padding, device)
         result = projector.compute(batch, config.fisher, [start + i for i in chosen])
         index = torch.tensor(chosen)
