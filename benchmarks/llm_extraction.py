@@ -4,13 +4,13 @@ Both compute, for every example, the LoGra projection ``P_o G P_iᵀ`` of the fu
 each LoRA Linear layer (data labels): the loop runs autograd on one example at a time and projects the
 LoRA weight gradients; the batched path is the extraction's own ``compute_shard`` (hooks, one einsum per
 layer, examples batched by length). Side by side, on the same examples, with the results compared.
-Also reported: the true Fisher's second backward pass, a plain LoRA training step (forward + backward of
-the same batches) for reference, and the store's bytes per example. Nothing is downloaded.
+Also reported: the true Fisher's second backward pass and a plain LoRA training step (forward + backward
+of the same batches) for reference. Nothing is downloaded.
 
 Then the selection side per pool example, on a store of random projected gradients shaped like the paper's
 setting (``--select-layers`` projected layers of ``r×r``; Llama-3.1-8B with LoRA on 7 modules has 448 LoRA
-Linear layers): fitting EK-FAC (moments merge, eigenbases, one pass for the eigenvalues) and the features
-of one target (``1 + m`` solved vectors, one pass over the pool).
+Linear layers): its size on disk, fitting EK-FAC (moments merge, eigenbases, one pass for the eigenvalues)
+and the features of one target (``1 + m`` solved vectors, one pass over the pool).
 """
 
 from __future__ import annotations
@@ -108,11 +108,14 @@ def selection_costs(args: argparse.Namespace) -> None:
         target = load_target("t", random_store(Path(tmp) / "target", args.select_target, layers, seed=1))
         fit_s, curvature = best_of(args.repeats, lambda: fit_curvature(pool, "ekfac", "heuristic"))
         features_s, _ = best_of(args.repeats, lambda: pool_features(pool, curvature, [target], n=1000))
+        arrays = sum(p.stat().st_size for p in pool.path.rglob("*.bin"))
+        everything = sum(p.stat().st_size for p in pool.path.rglob("*") if p.is_file())
     dim, rows, vectors = pool.spec.dim, args.select_pool, 1 + args.select_target
     print(
         f"selection side: {args.select_layers} projected layers of {args.r}x{args.r} (d = {dim}), "
         f"{rows} pool examples (bfloat16 store), one target of {args.select_target} examples"
     )
+    print(f"store on disk: {arrays / rows:.0f} bytes per example in arrays, {everything / rows:.0f} with metadata")
     print(f"EK-FAC fit: {fit_s:.3f} s = {fit_s / rows * 1e6:.1f} us per pool example")
     print(
         f"features of one target ({vectors} vectors): {features_s:.3f} s = {features_s / rows * 1e6:.1f} us per "
@@ -175,5 +178,4 @@ def main(argv: list[str] | None = None) -> None:
     print(f"speed-up of the batched extraction over the loop: {loop_s / batched_s:.1f}x")
     print(f"batched extraction / plain training step: {batched_s / train_s:.2f} (true Fisher {true_s / train_s:.2f})")
     print(f"largest difference between the two results, relative to the largest entry: {error:.1e}")
-    print(f"store bytes per example (bfloat16): {2 * projector.dim}, {4 * projector.dim} with the true Fisher")
     selection_costs(args)
