@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("greedy_selection", "ekfac_vs_kronfluence", "curvature_agreement")
+BENCHMARKS = ("greedy_selection", "ekfac_vs_kronfluence", "curvature_agreement", "llm_extraction")
 
 
 def main(names: list[str]) -> int:

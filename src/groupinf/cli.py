@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from groupinf.curvature import Damping
+from groupinf.llm.cli import add_llm, run_llm
 from groupinf.training import ConvergenceError
 
 DATA_HELP = "digits | fashion-mnist | mnist | cifar10 | concrete | parkinsons | PATH.npz | PATH.csv"
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_faithfulness(commands)
     add_select(commands)
     add_selection_eval(commands)
+    add_llm(commands)
     return parser
 
 
@@ -219,7 +221,12 @@ def run_selection_eval(args: argparse.Namespace) -> None:
     print(f"wrote {results['out']}/results.json, results.md and selection.png")
 
 
-COMMANDS = {"faithfulness": run_faithfulness, "select": run_select, "selection-eval": run_selection_eval}
+COMMANDS = {
+    "faithfulness": run_faithfulness,
+    "select": run_select,
+    "selection-eval": run_selection_eval,
+    "llm": run_llm,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,82 @@
+"""Loading a causal LM, its tokenizer and a LoRA adapter; choosing the Linear layers to attribute.
+
+``name`` is a local Hugging Face directory or any name ``AutoModelForCausalLM.from_pretrained`` can load
+on this machine (Hugging Face's own cache and offline settings apply).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+#: the Linear modules of a peft LoRA adapter (``….q_proj.lora_A.default``)
+LORA_LAYER = re.compile(r"\.lora_[AB]\.[^.]+$")
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``device``, or CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """auto: bfloat16 on a device that supports it (CUDA with bf16), else float32; bf16 | fp32 | fp64."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be auto, bf16, fp32 or fp64, got {precision!r}")
+    return DTYPES[precision]
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
+
+
+def check_adapter(adapter: str | Path) -> Path:
+    path = Path(adapter)
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"no LoRA adapter at {path} (adapter_config.json missing); `groupinf llm warmup --out DIR` writes one "
+            "to DIR/adapter"
+        )
+    return path
+
+
+def load_model(
+    name: str, dtype: torch.dtype, device: torch.device, adapter: str | Path | None = None, trainable: bool = False
+) -> nn.Module:
+    """The model in ``dtype`` on ``device``, with the LoRA ``adapter`` when given (trainable or frozen)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(check_adapter(adapter)), is_trainable=trainable)
+    return model.to(device)
+
+
+def linear_layers(model: nn.Module, pattern: str | None = None) -> dict[str, nn.Linear]:
+    """Linear modules by name, in registration order: those whose name matches the regex ``pattern``;
+    by default the LoRA layers when the model has an adapter, else every Linear but the output head."""
+    linears = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    if pattern is not None:
+        regex = re.compile(pattern)
+        chosen = {name: module for name, module in linears.items() if regex.search(name)}
+    else:
+        chosen = {name: module for name, module in linears.items() if LORA_LAYER.search(name)}
+        if not chosen:
+            head = model.get_output_embeddings()
+            chosen = {name: module for name, module in linears.items() if module is not head}
+    if not chosen:
+        examples = ", ".join(list(linears)[:4])
+        raise ValueError(f"no Linear layer matches {pattern!r}; the model's Linear layers include {examples}")
+    return chosen

@@ -1,0 +1,167 @@
+"""Selection per target from projected gradients: ∇f, a low-rank H_f, shifts and Algorithm 1.
+
+For a target set of ``m`` examples with projected data-label gradients ``g_j`` and Fisher gradients
+``g̃_j`` (a store made by ``extract`` with the pool's settings):
+
+- ``f = (1/m) Σ_j l_j`` (the mean instruction-masked NLL), so ``∇f = (1/m) Σ_j g_j``;
+- ``H_f ≈ Bᵀ B`` with ``B = g̃ / √m`` ``(m, d)``: the (true or empirical) Fisher of ``f``, i.e. its
+  Gauss–Newton matrix, in the projected space; with ``target_rank r < m``, the top ``r`` singular
+  directions of ``B`` (``B_r = Σ_r V_rᵀ``, the top ``r`` eigenpairs of ``BᵀB``).
+
+For candidate ``c`` of the pool (addition setting, ``n`` = the number of examples ``θ*`` was trained on):
+``δ_c = (1/n) H⁻¹ g_c``, ``a_c = ∇fᵀ δ_c``, ``b_c = B δ_c`` and ``δ_cᵀ H_f δ_c' = b_c · b_c'``. As ``H`` is
+symmetric, ``a_c = g_cᵀ q`` and ``b_c = Q g_c`` with ``q = (1/n) H⁻¹ ∇f`` and ``Q = (1/n) B H⁻¹``: the
+curvature is applied to the ``1 + r`` vectors of each target, never to the ``C`` pool gradients, and every
+target shares one streaming pass over the pool store. Greedy F+I, top-k F ("Additive IF") and random then
+run on these features (``groupinf.features``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from groupinf.curvature import Curvature
+from groupinf.curvature_ops import LowRankCurvature
+from groupinf.features import SelectionFeatures, select_from_features
+from groupinf.files import atomic_write_json
+from groupinf.influence import compute_shifts
+from groupinf.llm.config import SelectConfig, as_dict
+from groupinf.llm.curvature import fit_curvature
+from groupinf.llm.store import GradientStore
+from groupinf.selection import InteractionFactors
+
+#: the settings that must agree between the pool store and a target store
+SHARED_SETTINGS = ("projection", "r_in", "r_out", "seed", "layers", "fisher", "precision")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target task: ``∇f`` ``(d,)`` and ``H_f = Bᵀ B`` (float64)."""
+
+    name: str
+    gradient: Tensor
+    curvature: LowRankCurvature
+
+
+def load_target(name: str, store: GradientStore, rank: int | None = None) -> Target:
+    """``∇f`` and the low-rank ``H_f`` of a target store (see the module docstring)."""
+    gradients = store.read("gradients").double()
+    factor = store.read("fisher").double() / math.sqrt(len(gradients))
+    if rank is not None and rank < min(factor.shape):
+        _, values, vh = torch.linalg.svd(factor, full_matrices=False)
+        factor = values[:rank, None] * vh[:rank]
+    return Target(name, gradients.mean(dim=0), LowRankCurvature(factor))
+
+
+def check_compatible(pool: GradientStore, target: GradientStore, name: str) -> None:
+    """Raise ValueError unless both stores project the same layers of the same model the same way."""
+    problems = [key for key in SHARED_SETTINGS if pool.spec.settings.get(key) != target.spec.settings.get(key)]
+    for key in ("model", "adapter_sha256"):
+        if pool.spec.source.get(key) != target.spec.source.get(key):
+            problems.append(key)
+    if pool.spec.layers != target.spec.layers:
+        problems.append("layers")
+    if problems:
+        raise ValueError(
+            f"target {name!r} was extracted differently from the pool ({', '.join(sorted(set(problems)))} differ); "
+            "extract it with the pool's model, adapter and extract settings"
+        )
+
+
+def pool_features(
+    pool: GradientStore,
+    curvature: Curvature,
+    targets: list[Target],
+    n: int,
+    device: str | torch.device = "cpu",
+) -> dict[str, SelectionFeatures]:
+    """Selection features (``a_c``, interaction factors ``b_c``) of every pool example for every target."""
+    if n < 1:
+        raise ValueError(f"n (the number of examples θ* was trained on) must be >= 1, got {n}")
+    vectors = torch.cat([torch.cat([t.gradient[None], t.curvature.factor]) for t in targets])
+    solved = compute_shifts(curvature, vectors, n).to(device, torch.float32)  # rows (1/n) H⁻¹ v
+    products = torch.empty(pool.spec.num_examples, len(vectors), dtype=torch.float32, device=device)
+    for start, array in pool.shards("gradients"):
+        products[start : start + len(array)] = array.to(device, torch.float32) @ solved.T
+    features, column = {}, 0
+    for target in targets:
+        rank = target.curvature.rank
+        first_order = products[:, column]
+        projected = products[:, column + 1 : column + 1 + rank]
+        sign = target.curvature.sign.to(device, torch.float32)
+        meta = {"n": str(n), "damping": str(curvature.damping), "target_rank": str(rank), "target": target.name}
+        features[target.name] = SelectionFeatures(
+            first_order.contiguous(), InteractionFactors(projected * sign, projected.contiguous()), meta=meta
+        )
+        column += 1 + rank
+    return features
+
+
+def run_selection(
+    pool_path: str | Path,
+    target_paths: dict[str, str | Path],
+    out: str | Path,
+    config: SelectConfig,
+    n: int | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Fit the curvature on the pool, build every target's features and select for each; write
+    ``out/<target>/features.safetensors`` and ``out/<target>/selection.json`` and ``out/run.json``."""
+    if not target_paths:
+        raise ValueError("no target given; pass --target NAME=STORE at least once")
+    clock = {"start": time.perf_counter()}
+    pool = GradientStore.open(pool_path)
+    train_size = n if n is not None else pool.spec.source.get("train_size")
+    if train_size is None:
+        raise ValueError("pass --n, the number of examples θ* was trained on (no warmup record beside the adapter)")
+    stores = {name: GradientStore.open(path) for name, path in target_paths.items()}
+    for name, store in stores.items():
+        check_compatible(pool, store, name)
+    targets = [load_target(name, store, config.target_rank) for name, store in stores.items()]
+    curvature = fit_curvature(pool, config.curvature, config.damping, config.l2, device)
+    clock["curvature"] = time.perf_counter()
+    features = pool_features(pool, curvature, targets, train_size, device)
+    clock["features"] = time.perf_counter()
+    k = config.budget(pool.spec.num_examples)
+    ids = pool.ids()
+    out = Path(out)
+    summary: dict[str, Any] = {}
+    for name, target_features in features.items():
+        target_features.save(out / name / "features.safetensors")
+        record = {}
+        for method in config.methods:
+            terms = "F+I" if method == "greedy" else "F"
+            selection = select_from_features(target_features, k, method, terms, config.seed)
+            indices = selection.indices.cpu().tolist()
+            record[method] = {
+                "terms": selection.terms,
+                "indices": indices,
+                "ids": [ids[i] for i in indices],
+                "scores": selection.scores.cpu().tolist(),
+            }
+        atomic_write_json(out / name / "selection.json", {"target": name, "k": k, "methods": record})
+        summary[name] = {method: record[method]["indices"] for method in config.methods}
+    clock["select"] = time.perf_counter()
+    run = {
+        "pool": str(pool_path),
+        "targets": {name: str(path) for name, path in target_paths.items()},
+        "pool_size": pool.spec.num_examples,
+        "n": train_size,
+        "k": k,
+        "damping": curvature.damping,
+        "settings": as_dict(config),
+        "seconds": {
+            "curvature": clock["curvature"] - clock["start"],
+            "features": clock["features"] - clock["curvature"],
+            "select": clock["select"] - clock["features"],
+        },
+    }
+    atomic_write_json(out / "run.json", run)
+    return {**run, "selections": summary}
