@@ -22,6 +22,15 @@ from groupinf.llm.models import load_tokenizer
 from groupinf.llm.tiny import save_tiny_model, synthetic_records
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models run fastest on one thread; several OpenMP threads on a shared CPU wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from transformers import AutoModelForCausalLM

