@@ -95,6 +95,12 @@ def test_experiment_runs_every_method_and_resumes(tmp_path, capsys):
             assert set(cell["seeds"]) == {"3"} and 0 <= cell["mean"] <= 100
             assert sum(cell["skills"].values()) == 4
     chosen = json.loads((out / "selections.json").read_text())
+    pool = [json.loads(line) for line in (out / "world" / "pool.jsonl").read_text().splitlines()]
+    for label, row in results.items():
+        for name, cell in row.items():
+            picked = [pool[i] for i in chosen[label][name]]
+            assert cell["duplicates"] == sum("duplicate_of" in r for r in picked)
+            assert cell["mislabelled"] == sum("mislabelled" in r for r in picked)
     record = json.loads((out / "finetune" / "less" / "math" / "seed3" / "warmup.json").read_text())
     assert record["indices"] == sorted(chosen["LESS"]["math"]) and record["settings"]["seed"] == 3
     table = (out / "results.md").read_text()

@@ -277,11 +277,12 @@ def skill_entropy(skills: list[str]) -> float:
     """Shannon entropy (bits) of the skill labels of a subset."""
     counts = Counter(skills)
     total = sum(counts.values())
-    return -sum(c / total * math.log2(c / total) for c in counts.values())
+    return 0.0 - sum(c / total * math.log2(c / total) for c in counts.values())
 
 
 def summarise(scores: dict[str, Any], chosen: dict[str, Any], pool_records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std (sample std over seeds) per method × target, and each selection's composition."""
+    """Mean ± std (sample std over seeds) per method × target, and each selection's composition
+    (``pool_records`` as read by ``datasets``: a field a record lacks is None)."""
     table: dict[str, Any] = {}
     for label, per_target in scores.items():
         for name, per_seed in per_target.items():
@@ -296,7 +297,7 @@ def summarise(scores: dict[str, Any], chosen: dict[str, Any], pool_records: list
                 "skills": dict(Counter(r.get("skill", "?") for r in picked)),
                 "entropy_bits": skill_entropy([r.get("skill", "?") for r in picked]),
                 "mislabelled": sum(bool(r.get("mislabelled")) for r in picked),
-                "duplicates": sum("duplicate_of" in r for r in picked),
+                "duplicates": sum(r.get("duplicate_of") is not None for r in picked),
             }
     return table
 
