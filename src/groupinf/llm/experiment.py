@@ -34,7 +34,15 @@ from typing import Any
 import torch
 
 from groupinf.files import atomic_path, atomic_write_json
-from groupinf.llm.config import SECTIONS, ExtractConfig, SelectConfig, WarmupConfig, _from_json, as_dict
+from groupinf.llm.config import (
+    EXPERIMENT_SECTIONS,
+    SECTIONS,
+    ExtractConfig,
+    SelectConfig,
+    WarmupConfig,
+    _from_json,
+    as_dict,
+)
 
 METHODS = {
     "F+I": "greedy",
@@ -93,7 +101,7 @@ def load_plan(path: str | Path) -> Plan:
     if not path.is_file():
         raise FileNotFoundError(f"no config file at {path}; see configs/llm-toy.json")
     document = json.loads(path.read_text())
-    unknown = sorted(set(document) - set(SECTIONS) - {"experiment", "toy", "comment"})
+    unknown = sorted(set(document) - set(SECTIONS) - set(EXPERIMENT_SECTIONS) - {"comment"})
     if unknown:
         raise ValueError(f"{path}: unknown sections {unknown}")
     sections = {
