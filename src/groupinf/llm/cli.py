@@ -67,6 +67,15 @@ def add_llm(commands: argparse._SubParsersAction) -> None:
     sel.add_argument("--device", default="cpu", help="torch device for the curvature and the selection")
     add_options(sel, SelectConfig)
 
+    exp = steps.add_parser(
+        "experiment",
+        help="warmup, features, every selection method, fine-tuning and evaluation (resumable stage by stage)",
+        description="Runs the whole §5.2 experiment from one config file (see configs/llm-toy.json) and writes "
+        "OUT/results.json, OUT/results.md and OUT/results.png; rerunning skips finished stages.",
+    )
+    exp.add_argument("--config", type=Path, required=True, help="experiment config (JSON)")
+    exp.add_argument("--out", type=Path, required=True, help="output directory")
+
 
 def run_llm(args: argparse.Namespace) -> None:
     if args.llm_command == "warmup":
@@ -85,6 +94,12 @@ def run_llm(args: argparse.Namespace) -> None:
         print(f"rank {done.rank} of {done.world_size}: computed shards {done.computed}")
         if done.rank == 0:
             print(f"{spec.num_examples} examples, d = {spec.dim}, {spec.num_shards} {spec.dtype} shards in {args.out}")
+    elif args.llm_command == "experiment":
+        from groupinf.llm.experiment import markdown, run_experiment
+
+        document = run_experiment(args.config, args.out)
+        print(markdown(document["results"]))
+        print(f"wrote {args.out / 'results.json'}, results.md and results.png")
     else:
         from groupinf.llm.select import run_selection
 

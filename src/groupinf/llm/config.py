@@ -147,6 +147,8 @@ class SelectConfig:
 
 
 SECTIONS = {"warmup": WarmupConfig, "extract": ExtractConfig, "select": SelectConfig}
+#: sections read by ``groupinf llm experiment`` (``experiment.py``), ignored by the three commands
+EXPERIMENT_SECTIONS = ("experiment", "toy")
 
 Config = WarmupConfig | ExtractConfig | SelectConfig
 
@@ -214,7 +216,7 @@ def load_config(section: str, path: str | Path | None, args: argparse.Namespace 
             document = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"{path} is not valid JSON: {error}") from error
-        unknown = sorted(set(document) - set(SECTIONS) - {"comment"})
+        unknown = sorted(set(document) - set(SECTIONS) - set(EXPERIMENT_SECTIONS) - {"comment"})
         if unknown:
             raise ValueError(f"{path}: unknown sections {unknown}; known: {sorted(SECTIONS)}")
         values.update(_from_json(cls, document.get(section, {}), f"{path} [{section}]"))

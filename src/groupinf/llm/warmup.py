@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,10 @@ def warmup(
     config: WarmupConfig,
     device: str | None = None,
     progress: bool = True,
+    indices: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune a LoRA adapter on the warmup subset of ``data`` and save it to ``out``; returns the record."""
+    """Fine-tune a LoRA adapter on the warmup subset of ``data`` (or on the examples ``indices`` when given,
+    e.g. a selected subset) and save it to ``out``; returns the record."""
     from peft import LoraConfig, get_peft_model
     from transformers import get_cosine_schedule_with_warmup
 
@@ -56,7 +59,9 @@ def warmup(
     target = resolve_device(device)
     dtype = resolve_precision(config.precision, target)
     records = load_records(data)
-    chosen = warmup_indices(len(records), config.fraction, config.seed)
+    chosen = warmup_indices(len(records), config.fraction, config.seed) if indices is None else sorted(indices)
+    if not chosen or not all(0 <= i < len(records) for i in chosen):
+        raise ValueError(f"indices must be a non-empty list of example indices in [0, {len(records)})")
     tokenizer = load_tokenizer(model)
     examples = encode(records.select(chosen), tokenizer, config.template, config.max_length)
     torch.manual_seed(config.seed)
