@@ -31,8 +31,8 @@ $(VENV)/.llm-embed: $(VENV)/.installed
 demo-llm: $(VENV)/.llm-embed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/groupinf llm experiment --config configs/llm-toy.json --out $(LLM_DEMO_OUT)
 
-test: $(VENV)/.installed
-	$(PY) -m pytest -q
+test: $(VENV)/.llm-embed
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
 
 $(BENCH_VENV)/.installed: pyproject.toml
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
