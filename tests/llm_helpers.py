@@ -8,6 +8,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+import torch
+
 import groupinf
 from groupinf.llm.config import ExtractConfig
 from groupinf.llm.tiny import save_tiny_model, synthetic_records, write_jsonl
@@ -16,6 +19,19 @@ SRC = Path(groupinf.__file__).resolve().parents[1]
 
 #: small extraction settings: float32 store (exact comparisons), several shards, several batches per shard
 TINY_EXTRACT = ExtractConfig(r_in=2, r_out=3, batch_size=4, shard_size=8, dtype="float32", max_length=48)
+
+
+@pytest.fixture(autouse=True)
+def llm_test_environment(tmp_path, monkeypatch):
+    """Import into a test module to run its tests with a private ``datasets`` cache and one torch thread
+    (the tiny model's small kernels ran 5x slower on two threads while other jobs shared the two cores)."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -72,7 +88,6 @@ def extract_args(world: World, data: Path, out: Path, config: ExtractConfig, ada
 
 def random_adapter(model: Path, out: Path, rank: int = 4, targets: tuple[str, ...] = ("q_proj", "v_proj", "down_proj")):
     """A LoRA adapter with random (non-zero) A and B saved to ``out``, as if after some training."""
-    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 

@@ -11,6 +11,7 @@ import pytest
 from groupinf.llm.config import ExtractConfig, SelectConfig, WarmupConfig, add_options, load_config
 from groupinf.llm.data import IGNORE_INDEX, collate, encode, load_records
 from groupinf.llm.tiny import SPECIAL, synthetic_records, train_tokenizer, write_jsonl
+from llm_helpers import llm_test_environment  # noqa: F401 (an autouse fixture)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CONVERSATION = {
@@ -32,13 +33,6 @@ SIMPLE_TEMPLATE = (
 def tokenizer():
     texts = [json.dumps(r) for r in synthetic_records(40)] + [json.dumps(CONVERSATION)]
     return train_tokenizer(texts, vocab_size=300)
-
-
-@pytest.fixture(autouse=True)
-def private_datasets_cache(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
 
 
 def labelled_text(tokenizer, example) -> str:

@@ -16,6 +16,7 @@ from groupinf.llm.store import GradientStore, StoreSpec
 from llm_helpers import (
     TINY_EXTRACT,
     extract_args,
+    llm_test_environment,  # noqa: F401 (an autouse fixture)
     make_world,
     random_adapter,
     run_module,
@@ -29,13 +30,6 @@ def world(tmp_path_factory):
     """A 20-example pool (3 shards of 8) and a tiny Llama with a random LoRA adapter."""
     world = make_world(tmp_path_factory.mktemp("extract"), pool_size=20)
     return world, random_adapter(world.model, world.root / "adapter")
-
-
-@pytest.fixture(autouse=True)
-def private_datasets_cache(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
 
 
 def run_extract(world, out, config=TINY_EXTRACT):

@@ -10,7 +10,11 @@ from groupinf.llm.models import linear_layers, load_model, load_tokenizer
 from groupinf.llm.objective import example_seed, response_nll, sample_labels
 from groupinf.llm.projection import Projector, projection_matrix
 from groupinf.llm.tiny import synthetic_records
-from llm_helpers import make_world, random_adapter
+from llm_helpers import (
+    llm_test_environment,  # noqa: F401 (an autouse fixture)
+    make_world,
+    random_adapter,
+)
 
 CPU = torch.device("cpu")
 

@@ -23,7 +23,13 @@ from groupinf.llm.projection import LayerSpec
 from groupinf.llm.select import load_target, pool_features, run_selection
 from groupinf.llm.store import GradientStore, StoreSpec
 from groupinf.selection import InteractionFactors, greedy_select, random_select, topk_select
-from llm_helpers import TINY_EXTRACT, extract_args, make_world, random_adapter
+from llm_helpers import (
+    TINY_EXTRACT,
+    extract_args,
+    llm_test_environment,  # noqa: F401 (an autouse fixture)
+    make_world,
+    random_adapter,
+)
 
 #: "a" and "c" share a shape (one group, non-adjacent columns), "b" is the other group
 LAYERS = (
@@ -32,13 +38,6 @@ LAYERS = (
     LayerSpec("c", d_out=8, d_in=8, r_out=2, r_in=3),
 )
 SETTINGS = {"projection": "gaussian", "seed": 0}
-
-
-@pytest.fixture(autouse=True)
-def private_datasets_cache(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
 
 
 def synthetic_store(path, rows: int, seed: int, fisher: str = "true", source=None) -> GradientStore:

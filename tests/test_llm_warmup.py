@@ -14,7 +14,10 @@ from groupinf.cli import main
 from groupinf.llm.config import WarmupConfig
 from groupinf.llm.models import LORA_LAYER, load_model
 from groupinf.llm.warmup import warmup, warmup_indices
-from llm_helpers import make_world
+from llm_helpers import (
+    llm_test_environment,  # noqa: F401 (an autouse fixture)
+    make_world,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY_WARMUP = WarmupConfig(
@@ -31,13 +34,6 @@ TINY_WARMUP = WarmupConfig(
     max_length=48,
     precision="fp32",
 )
-
-
-@pytest.fixture(autouse=True)
-def private_datasets_cache(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
 
 
 @pytest.fixture(scope="module")
