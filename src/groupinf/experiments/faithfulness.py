@@ -247,10 +247,16 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
     n = len(X)
 
     start = time.perf_counter()
+    group_size = config.group_size or max(2, round(0.05 * n))
     if config.model == "lr":
         task, _ = build_task(data, config.l2)
         theta = fit_convex(task, task.theta(), X, y, n)
         checkpoints, thetas = [(theta, 1.0)], [theta]
+        embedding = task.loss.predictions(task.outputs(theta, X)).detach().numpy()
+        groups = nearest_neighbour_groups(embedding, config.groups, group_size, config.seed, config.distinct_groups)
+        timings["train"] = time.perf_counter() - start
+        start = time.perf_counter()
+        truth = retraining_truth(task, theta, tensors, groups, work / "retrain")
     else:
         shared = {
             "config": config,
@@ -261,15 +267,6 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
             "num_outputs": data.num_classes,
             "kind": data.kind,
         }
-    group_size = config.group_size or max(2, round(0.05 * n))
-
-    if config.model == "lr":
-        embedding = task.loss.predictions(task.outputs(theta, X)).detach().numpy()
-        groups = nearest_neighbour_groups(embedding, config.groups, group_size, config.seed, config.distinct_groups)
-        timings["train"] = time.perf_counter() - start
-        start = time.perf_counter()
-        truth = retraining_truth(task, theta, tensors, groups, work / "retrain")
-    else:
         # The seed-0 full model defines θ* and the groups, so it is trained first (cached like every job).
         models = work / "models"
         run_jobs(train_network_job, full_model_jobs(config, models, range(1)), work / "retrain", shared, 1)
