@@ -148,3 +148,50 @@ def test_mlp_faithfulness_resumes_and_writes_every_output(tmp_path, monkeypatch)
     assert run(args) == 0
     assert calls == []  # everything came from the cache
     assert json.loads((tmp_path / "results.json").read_text())["spearman"] == results["spearman"]
+
+
+def test_resnet9_faithfulness_on_cifar_batches(tmp_path):
+    """ResNet-9 (narrow) on CIFAR-format pickles: EK-FAC over its Conv2d/Linear weights, BatchNorm excluded."""
+    from groupinf.models import resnet9, weight_parameters
+    from test_data import write_cifar_dir
+
+    model = resnet9(width=4)
+    names = weight_parameters(model)
+    assert len(names) == 9 and not any("running" in n for n in names)
+    assert sum(dict(model.named_parameters())[n].numel() for n in names) < sum(p.numel() for p in model.parameters())
+    write_cifar_dir(tmp_path / "cifar", n=16)
+    args = [
+        "--data",
+        "cifar10",
+        "--data-dir",
+        tmp_path / "cifar",
+        "--model",
+        "resnet9",
+        "--width",
+        4,
+        "--groups",
+        3,
+        "--group-size",
+        4,
+        "--seeds",
+        1,
+        "--epochs",
+        2,
+        "--momentum",
+        0.9,
+        "--cosine",
+        "--workers",
+        1,
+        "--curvature",
+        "ekfac",
+        "--damping",
+        0.1,
+        "--trak-dim",
+        16,
+        "--out",
+        tmp_path / "out",
+    ]
+    assert run(args) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["n_train"] == 80 and set(results["spearman"]) == set(faithfulness.METHODS)
+    assert all(np.isfinite(g["estimates"]["F+I"]) for g in results["groups"])

@@ -56,8 +56,9 @@ def add_faithfulness(commands: argparse._SubParsersAction) -> None:
     faith.add_argument("--suite", choices=["cpu"], default=None, help="run every setting with data on this machine")
     faith.add_argument("--data", default="digits", help=f"{DATA_HELP} (default: digits)")
     faith.add_argument("--data-dir", default=None, help="directory holding the data set's files")
-    faith.add_argument("--model", default="lr", choices=["lr", "mlp"], help="lr: logistic/linear regression")
+    faith.add_argument("--model", default="lr", choices=["lr", "mlp", "resnet9"], help="lr: logistic/linear regression")
     faith.add_argument("--hidden", type=parse_ints, default=(32, 32), help="MLP hidden widths (default 32,32)")
+    faith.add_argument("--width", type=int, default=64, help="ResNet-9 base width (default 64)")
     faith.add_argument("--groups", type=int, default=50, help="number of groups (default 50)")
     faith.add_argument(
         "--group-size", type=int, default=None, help="examples per group, anchor included (default: 5%% of n)"
@@ -74,6 +75,8 @@ def add_faithfulness(commands: argparse._SubParsersAction) -> None:
     faith.add_argument("--l2", type=float, default=0.01, help="L2 strength λ (SGD weight decay) (default 0.01)")
     faith.add_argument("--epochs", type=int, default=200, help="MLP: SGD epochs (default 200, Table 3)")
     faith.add_argument("--lr", type=float, default=0.01, help="MLP: SGD learning rate (default 0.01)")
+    faith.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (ResNet-9 in the paper: 0.9)")
+    faith.add_argument("--cosine", action="store_true", help="cosine learning-rate schedule (ResNet-9)")
     faith.add_argument("--seeds", type=int, default=3, help="MLP: retraining seeds (default 3)")
     faith.add_argument("--workers", type=int, default=2, help="MLP: retraining processes (default 2)")
     faith.add_argument("--max-train", type=int, default=None, help="use at most this many training examples")
@@ -162,8 +165,10 @@ def run_faithfulness(args: argparse.Namespace) -> None:
     if args.suite is not None:
         print(run_suite(args.suite, args.out, args.data_dir))
         return
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "out", "suite", "epochs", "lr")}
-    config = FaithfulnessConfig(**options, sgd=SGDConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.l2))
+    sgd_keys = ("epochs", "lr", "momentum", "cosine")
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "out", "suite", *sgd_keys)}
+    sgd = SGDConfig(args.epochs, args.lr, args.l2, momentum=args.momentum, cosine=args.cosine)
+    config = FaithfulnessConfig(**options, sgd=sgd)
     results = run_faithfulness(config, args.out)
     print(
         f"\n{config.data} / {config.model}: {config.groups} groups of {results['group_size']} "

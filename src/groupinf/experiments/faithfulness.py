@@ -36,7 +36,7 @@ from groupinf.experiments.jobs import run_jobs
 from groupinf.files import atomic_path, atomic_write_json
 from groupinf.groups import group_sums, nearest_neighbour_groups, validate_groups
 from groupinf.influence import GroupInfluence
-from groupinf.models import linear_model, loss_for, mlp
+from groupinf.models import linear_model, loss_for, mlp, resnet9, weight_parameters
 from groupinf.target import mean_loss
 from groupinf.task import Task
 from groupinf.training import SGDConfig, fit_convex, train_sgd
@@ -53,6 +53,7 @@ class FaithfulnessConfig:
     data_dir: str | None = None
     model: str = "lr"
     hidden: tuple[int, ...] = (32, 32)
+    width: int = 64  # ResNet-9 base width
     groups: int = 50
     group_size: int | None = None  # default: 5 % of the training set (anchor included)
     seed: int = 0
@@ -73,8 +74,8 @@ class FaithfulnessConfig:
     class_pairs: bool = False
 
     def __post_init__(self) -> None:
-        if self.model not in ("lr", "mlp"):
-            raise ValueError(f"model must be 'lr' or 'mlp', got {self.model!r}")
+        if self.model not in ("lr", "mlp", "resnet9"):
+            raise ValueError(f"model must be 'lr', 'mlp' or 'resnet9', got {self.model!r}")
         if self.target_curvature not in ("exact", "ggn"):
             raise ValueError(f"target curvature must be 'exact' or 'ggn', got {self.target_curvature!r}")
         if self.groups < 2:
@@ -93,7 +94,7 @@ class FaithfulnessConfig:
 
     def fingerprint(self) -> str:
         """A short hash of the settings that change the trained models and the groups."""
-        keys = ("data", "data_dir", "model", "hidden", "groups", "group_size", "seed", "distinct_groups", "l2")
+        keys = ("data", "data_dir", "model", "hidden", "width", "groups", "group_size", "seed", "distinct_groups", "l2")
         keys += ("sgd", "seeds", "max_train", "max_test")
         settings = {k: getattr(self, k) for k in keys}
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -154,6 +155,9 @@ def retraining_truth(
 
 
 def network(config: FaithfulnessConfig, num_features: int, num_outputs: int) -> nn.Module:
+    """The MLP (``num_features`` inputs) or ResNet-9 (``num_features`` input channels)."""
+    if config.model == "resnet9":
+        return resnet9(num_features, num_outputs, config.width)
     return mlp(num_features, num_outputs, config.hidden)
 
 
@@ -213,8 +217,14 @@ def network_ground_truth(config: FaithfulnessConfig, shared: dict, groups: list[
 
 
 def load_network(config: FaithfulnessConfig, shared: dict, path: Path) -> nn.Module:
+    """A saved network in float64 eval mode; parameters that are not attributed (ResNet-9's
+    normalisation layers) are frozen, so they are constants of every influence computation."""
     model = network(config, shared["X_train"].shape[1], shared["num_outputs"])
     model.load_state_dict(load_file(str(path)))
+    if config.model == "resnet9":
+        attributed = set(weight_parameters(model))
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name in attributed)
     return model.double().eval()
 
 
@@ -241,7 +251,7 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
     work = out / "work" / config.fingerprint()
     timings: dict[str, float] = {}
     raw = load_raw(config)
-    data = standardize(raw)
+    data = standardize(raw, flatten=config.model != "resnet9")
     tensors = as_tensors(data, torch.float64)
     X, y = tensors["X_train"], tensors["y_train"]
     n = len(X)
@@ -272,6 +282,7 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
         run_jobs(train_network_job, full_model_jobs(config, models, range(1)), work / "retrain", shared, 1)
         model = load_network(config, shared, models / "full_s0.safetensors")
         target = mean_loss(tensors["X_test"], tensors["y_test"])
+        # Only parameters that require grad are attributed: ResNet-9's normalisation layers are frozen.
         task = Task(model, loss_for(data.kind, data.num_classes), config.l2, target)
         theta = task.theta()
         embedding = task.loss.predictions(task.outputs(theta, X)).detach().numpy()

@@ -1,7 +1,7 @@
 """``groupinf faithfulness --suite cpu``: every paper setting whose data is on this machine.
 
 Settings scaled to finish on 2 CPU cores (the "cpu" preset, documented in docs/results.md):
-digits-LR, digits-MLP, FashionMNIST-MLP, Concrete-MLP always; MNIST-LR/MLP, CIFAR-10 and
+digits-LR, digits-MLP, FashionMNIST-MLP, Concrete-MLP always; MNIST-LR/MLP, CIFAR10-ResNet9 and
 Parkinsons-MLP when ``--data-dir`` holds their files.
 """
 
@@ -40,6 +40,18 @@ OPTIONAL_SUITE: dict[str, FaithfulnessConfig] = {
     "MNIST-LR": FaithfulnessConfig(data="mnist", model="lr", max_train=5000, max_test=1000),
     "MNIST-MLP": replace(IMAGE_MLP, data="mnist"),
     "Parkinsons-MLP": replace(SMALL_MLP, data="parkinsons", max_train=3000),
+    # Table 3's ResNet-9 recipe (momentum 0.9, cosine) at width 8, 1 000 images, 10 epochs, one seed.
+    "CIFAR10-ResNet9": FaithfulnessConfig(
+        data="cifar10",
+        model="resnet9",
+        width=8,
+        curvature="ekfac",
+        damping=0.01,
+        sgd=SGDConfig(epochs=10, lr=0.05, momentum=0.9, cosine=True),
+        seeds=1,
+        max_train=1000,
+        max_test=500,
+    ),
 }
 
 
