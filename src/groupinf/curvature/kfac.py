@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from groupinf.curvature.base import Curvature, Damping, resolve_damping
 from groupinf.curvature.hooks import KroneckerLayer, LayerBatch, backpropagate, find_layers, recording
+from groupinf.gradients import batches
 from groupinf.params import ParamSpace
 from groupinf.task import Task, check_inputs
 
@@ -60,11 +61,9 @@ Batch = Tensor | Sequence[Tensor]
 
 def tensor_batches(inputs: Tensor, targets: Tensor, batch_size: int) -> list[tuple[Tensor, Tensor]]:
     """Consecutive ``(inputs, targets)`` batches (views), a re-iterable input for ``fit_factors``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(inputs) != len(targets):
         raise ValueError(f"inputs have {len(inputs)} rows but targets have {len(targets)}")
-    return [(inputs[i : i + batch_size], targets[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    return [(inputs[sl], targets[sl]) for sl in batches(len(inputs), batch_size)]
 
 
 def _unpack(batch: Batch, fisher: str) -> tuple[Tensor, Tensor | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.stats import entropy
 from torch import Tensor
 
 from groupinf.curvature import (
@@ -56,6 +57,4 @@ def fit_curvature(
 
 def class_entropy(labels: np.ndarray, num_classes: int) -> float:
     """Shannon entropy ``−Σ_c p_c log p_c`` (nats) of the label distribution."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
+    return float(entropy(np.bincount(labels, minlength=num_classes)))

@@ -24,7 +24,6 @@ the fine-tuning (LoRA initialisation and order).
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from scipy.stats import entropy
 
 from groupinf.files import atomic_path, atomic_write_json
 from groupinf.llm.config import (
@@ -283,9 +283,7 @@ def finetune_and_evaluate(
 
 def skill_entropy(skills: list[str]) -> float:
     """Shannon entropy (bits) of the skill labels of a subset."""
-    counts = Counter(skills)
-    total = sum(counts.values())
-    return 0.0 - sum(c / total * math.log2(c / total) for c in counts.values())
+    return float(entropy(list(Counter(skills).values()), base=2))
 
 
 def summarise(scores: dict[str, Any], chosen: dict[str, Any], pool_records: list[dict[str, Any]]) -> dict[str, Any]:
