@@ -27,6 +27,7 @@ from groupinf.data import (
     load_parkinsons,
     read_idx,
 )
+from groupinf.data.transforms import standardize
 
 IDX_CODES = {
     np.uint8: 0x08,
@@ -139,6 +140,7 @@ def test_load_mnist_round_trip(tmp_path, compress):
     assert data.kind == "classification"
     assert data.X_train.shape == (6, 1, 28, 28)
     assert data.X_test.shape == (4, 1, 28, 28)
+    assert data.channels == 1
     assert data.X_train.dtype == np.float32
     assert data.y_train.dtype == np.int64
     np.testing.assert_array_equal(data.X_train[:, 0] * 255, arrays["train-images-idx3-ubyte"])
@@ -199,6 +201,7 @@ def test_load_cifar10_round_trip(tmp_path, subdir):
     loaded = load_dataset("cifar10", str(tmp_path))
     assert loaded.X_train.shape == (15, 3, 32, 32)
     assert loaded.X_test.shape == (3, 3, 32, 32)
+    assert loaded.channels == 3
     assert loaded.X_train.dtype == np.float32
     np.testing.assert_array_equal(loaded.y_train, labels[:15])
     np.testing.assert_array_equal(loaded.y_test, labels[15:])
@@ -413,3 +416,48 @@ def test_unknown_name_lists_valid_names():
 def test_directory_required(tmp_path):
     with pytest.raises(ValueError, match="mnist data set needs a data directory"):
         load_dataset("mnist")
+
+
+def test_standardize_tabular_per_feature():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3)) * [1.0, 10.0, 0.0] + [5.0, -2.0, 7.0]
+    data = standardize(Dataset("t", X[:30], np.arange(30) % 2, X[30:], np.arange(10) % 2, "classification"))
+    np.testing.assert_allclose(data.X_train.mean(0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(data.X_train.std(0), [1.0, 1.0, 0.0], atol=1e-5)  # a constant feature stays 0
+    np.testing.assert_allclose(data.X_test[:, 1], (X[30:, 1] - X[:30, 1].mean()) / X[:30, 1].std(), rtol=1e-5)
+
+
+def test_standardize_pixels_per_channel():
+    """Images: one mean and std per channel over all its pixels, shape kept with flatten=False; a pixel lit in
+    one image stays a few σ instead of becoming an outlier feature."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(size=(20, 2, 3, 3)).astype(np.float32)
+    X[:, 1] *= 4.0
+    X[:, 0, 0, 0] = 0.0
+    X[0, 0, 0, 0] = 1.0
+    data = Dataset("img", X[:15], np.arange(15) % 3, X[15:], np.arange(5) % 3, "classification", channels=2)
+    shaped = standardize(data, flatten=False)
+    assert shaped.X_train.shape == (15, 2, 3, 3) and shaped.X_test.shape == (5, 2, 3, 3)
+    for c in range(2):
+        np.testing.assert_allclose(shaped.X_train[:, c].mean(), 0.0, atol=1e-5)
+        np.testing.assert_allclose(shaped.X_train[:, c].std(), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(standardize(data).X_train, shaped.X_train.reshape(15, -1))
+    assert abs(shaped.X_train[0, 0, 0, 0]) < 3.0
+    with pytest.raises(ValueError, match="channels"):
+        Dataset(
+            "img",
+            X[:, :, :2, :].reshape(20, -1)[:, :7],
+            np.zeros(20, int),
+            X[:2, :, :2, :].reshape(2, -1)[:, :7],
+            np.zeros(2, int),
+            "classification",
+            channels=2,
+        )
+
+
+def test_image_loaders_mark_pixel_data():
+    digits = load_dataset("digits")
+    assert digits.channels == 1
+    # Experiment caches are keyed by the data's fingerprint: same arrays, same key; other arrays, another.
+    assert digits.fingerprint() == load_dataset("digits").fingerprint() != standardize(digits).fingerprint()
+    assert load_dataset("concrete").channels is None

@@ -193,7 +193,7 @@ def run_select(args: argparse.Namespace) -> None:
         shared, target = prepare_pool(config)
         if args.k > config.pool_size:
             raise ValueError(f"k = {args.k} is larger than the pool ({config.pool_size} candidates)")
-        root = args.out / "work" / config.model_fingerprint()
+        root = args.out / "work" / config.model_fingerprint(shared["data_fingerprint"])
         if args.checkpoint is not None:  # features of a given θ* live apart from those of a trained one
             root = (
                 root / f"checkpoint-{digest(args.checkpoint.read_bytes()) if args.checkpoint.is_file() else 'missing'}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,7 @@ class Dataset:
     X_test: np.ndarray
     y_test: np.ndarray
     kind: TaskKind
+    channels: int | None = None
 
     def __post_init__(self) -> None:
         for split, X, y in (("train", self.X_train, self.y_train), ("test", self.X_test, self.y_test)):
@@ -39,6 +41,8 @@ class Dataset:
             raise ValueError(
                 f"{self.name}: train features {self.X_train.shape[1:]} != test features {self.X_test.shape[1:]}"
             )
+        if self.channels is not None and self.X_train[0].size % self.channels:
+            raise ValueError(f"{self.name}: {self.X_train[0].size} features do not split into {self.channels} channels")
         if self.kind == "classification":
             for split, y in (("train", self.y_train), ("test", self.y_test)):
                 if not np.issubdtype(y.dtype, np.integer):
@@ -52,6 +56,14 @@ class Dataset:
         if self.kind == "regression":
             return 1
         return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+    def fingerprint(self) -> str:
+        """A short SHA-256 of the four arrays (shapes, dtypes, bytes): caches keyed by it go stale with the data."""
+        digest = hashlib.sha256()
+        for array in (self.X_train, self.y_train, self.X_test, self.y_test):
+            digest.update(f"{array.shape}{array.dtype}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()[:16]
 
     @property
     def feature_shape(self) -> tuple[int, ...]:

@@ -55,7 +55,7 @@ def _load_idx_dataset(name: str, data_dir: Path, remedy: str) -> Dataset:
         labels = _idx_file(data_dir, f"{prefix}-labels-idx1-ubyte", remedy)
         splits.append(_load_idx_pair(images, labels))
     (X_train, y_train), (X_test, y_test) = splits
-    return Dataset(name, X_train, y_train, X_test, y_test, "classification")
+    return Dataset(name, X_train, y_train, X_test, y_test, "classification", channels=1)
 
 
 def load_mnist(data_dir: str | Path) -> Dataset:
@@ -122,4 +122,4 @@ def load_cifar10(data_dir: str | Path) -> Dataset:
     X_test, y_test = _load_cifar_batch(find_file([batch_dir / "test_batch"], CIFAR10_REMEDY))
     X_train = np.concatenate([X for X, _ in train])
     y_train = np.concatenate([y for _, y in train])
-    return Dataset("cifar10", X_train, y_train, X_test, y_test, "classification")
+    return Dataset("cifar10", X_train, y_train, X_test, y_test, "classification", channels=3)

@@ -6,6 +6,7 @@ standardisation is the caller's job.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,13 @@ PARKINSONS_REMEDY = (
 
 
 def load_digits() -> Dataset:
-    """scikit-learn's bundled 8x8 digits: X (n, 64) float32 in [0, 1], 10 classes, 1257/540 split.
+    """scikit-learn's bundled 8x8 digits: X (n, 64) float32 in [0, 1] (one channel of pixels), 10 classes,
+    1257/540 split.
 
     The 30 % test split is stratified with seed 0.
     """
     X, y = sklearn.datasets.load_digits(return_X_y=True)
-    return dataset_from_arrays("digits", X / 16.0, y, test_size=0.3)
+    return replace(dataset_from_arrays("digits", X / 16.0, y, test_size=0.3), channels=1)
 
 
 def load_concrete() -> Dataset:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -92,11 +92,11 @@ class FaithfulnessConfig:
     def retrain_seeds(self) -> int:
         return 1 if self.model == "lr" else self.seeds
 
-    def fingerprint(self) -> str:
-        """A short hash of the settings that change the trained models and the groups."""
+    def fingerprint(self, data_fingerprint: str) -> str:
+        """A short hash of the settings and the (standardised) data that change the trained models and groups."""
         keys = ("data", "data_dir", "model", "hidden", "width", "groups", "group_size", "seed", "distinct_groups", "l2")
         keys += ("sgd", "seeds", "max_train", "max_test")
-        settings = {k: getattr(self, k) for k in keys}
+        settings = {k: getattr(self, k) for k in keys} | {"data_fingerprint": data_fingerprint}
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -112,7 +112,7 @@ def subsample(data: Dataset, max_train: int | None, max_test: int | None, seed: 
 
     X_train, y_train = take(data.X_train, data.y_train, max_train)
     X_test, y_test = take(data.X_test, data.y_test, max_test)
-    return Dataset(data.name, X_train, y_train, X_test, y_test, data.kind)
+    return replace(data, X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test)
 
 
 def load_raw(config: FaithfulnessConfig) -> Dataset:
@@ -248,10 +248,10 @@ def influence_estimates(
 def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
     """Run the protocol; write ``out/results.json``, ``out/results.md`` and figures; return the results."""
     out.mkdir(parents=True, exist_ok=True)
-    work = out / "work" / config.fingerprint()
     timings: dict[str, float] = {}
     raw = load_raw(config)
     data = standardize(raw, flatten=config.model != "resnet9")
+    work = out / "work" / config.fingerprint(data.fingerprint())
     tensors = as_tensors(data, torch.float64)
     X, y = tensors["X_train"], tensors["y_train"]
     n = len(X)

@@ -80,11 +80,11 @@ class SelectionEvalConfig:
         if not self.budgets or min(self.budgets) < 1 or max(self.budgets) > self.pool_size:
             raise ValueError(f"budgets must lie in [1, pool_size = {self.pool_size}], got {self.budgets}")
 
-    def model_fingerprint(self) -> str:
-        """A short hash of the settings that determine the pool, θ* and every retraining."""
-        return digest(
-            {k: getattr(self, k) for k in ("data", "data_dir", "pool_size", "target_size", "hidden", "dropout", "sgd")}
-        )
+    def model_fingerprint(self, data_fingerprint: str) -> str:
+        """A short hash of the settings and the (standardised) data that determine the pool, θ* and every
+        retraining."""
+        keys = ("data", "data_dir", "pool_size", "target_size", "hidden", "dropout", "sgd")
+        return digest({k: getattr(self, k) for k in keys} | {"data_fingerprint": data_fingerprint})
 
     def features_fingerprint(self) -> str:
         """A short hash of the settings that determine the features given θ*."""
@@ -180,7 +180,8 @@ def prepare_pool(config: SelectionEvalConfig) -> tuple[dict, tuple[Tensor, Tenso
     """Standardised data split into pool, target (validation) set and test set.
 
     Returns the ``shared`` dict (config, pool tensors, test tensors, ``num_classes``,
-    ``pool_indices`` into the training set) and the target set ``(X, y)``.
+    ``pool_indices`` into the training set, ``data_fingerprint`` of the standardised data) and the target
+    set ``(X, y)``.
     """
     data = standardize(load_dataset(config.data, config.data_dir))
     if data.kind != "classification":
@@ -195,6 +196,7 @@ def prepare_pool(config: SelectionEvalConfig) -> tuple[dict, tuple[Tensor, Tenso
         "y_test": tensors["y_test"],
         "num_classes": data.num_classes,
         "pool_indices": pool,
+        "data_fingerprint": data.fingerprint(),
     }
     return shared, (tensors["X_train"][held], tensors["y_train"][held])
 
@@ -203,7 +205,7 @@ def run_selection_eval(config: SelectionEvalConfig, out: Path) -> dict:
     """Run the protocol; write ``out/results.json``, ``out/results.md`` and ``out/selection.png``."""
     config.check_budgets()
     shared, target = prepare_pool(config)
-    root = out / config.model_fingerprint()
+    root = out / config.model_fingerprint(shared["data_fingerprint"])
     features = pool_features(config, shared, target, root)
     out = root / config.features_fingerprint()
 
