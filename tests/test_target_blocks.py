@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from groupinf.curvature import EigenCurvature, gauss_newton
+from groupinf.influence import GroupInfluence, target_curvature
 from groupinf.losses import CrossEntropy
 from groupinf.target import mean_loss
 from groupinf.target_blocks import BlockDiagonalCurvature, layer_blocks
@@ -56,3 +58,23 @@ def test_block_diagonal_exact_and_ggn(task):
         BlockDiagonalCurvature.of_target(task, theta, blocks=[["0.weight"], ["2.weight", "2.bias"]])
     with pytest.raises(ValueError, match="kind"):
         BlockDiagonalCurvature.of_target(task, theta, "diag")
+
+
+def test_block_kinds_by_name_in_the_interaction_term(task):
+    """``hf="block-exact"`` / ``"block-ggn"`` give ``I(G) = ½ δ_Gᵀ H_f^{bd} δ_G`` with the masked dense matrices."""
+    theta = task.theta()
+    gen = torch.Generator().manual_seed(1)
+    X, y = torch.randn(12, 4, generator=gen, dtype=DT), torch.randint(0, 3, (12,), generator=gen)
+    curvature = EigenCurvature(gauss_newton(task, theta, X, len(X)), damping=0.1)
+    groups = [[0, 1, 2], [3, 7], [4, 5, 6, 8]]
+    blocks = layer_blocks(task.space)
+    factor = task.target.ggn_factor(task, theta)
+    dense = {"block-exact": task.target.hessian(task, theta), "block-ggn": factor.T @ factor}
+    for kind, matrix in dense.items():
+        influence = GroupInfluence(task, theta, X, y, curvature, hf=kind)
+        masked = zero_off_diagonal(matrix, task, blocks)
+        shifts = torch.stack([influence.shifts[g].sum(0) for g in groups])
+        expected = 0.5 * torch.einsum("gp,pq,gq->g", shifts, masked, shifts)
+        torch.testing.assert_close(influence.estimate(groups, basu=False)["I"], expected)
+    with pytest.raises(ValueError, match="block-ggn"):
+        target_curvature(task, theta, "blocks")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from groupinf.curvature import Damping
+from groupinf.influence import TARGET_KINDS
 from groupinf.llm.cli import add_llm, run_llm
 from groupinf.training import ConvergenceError
 
@@ -71,7 +72,9 @@ def add_faithfulness(commands: argparse._SubParsersAction) -> None:
     faith.add_argument(
         "--curvature", choices=["exact", "ggn", "kfac", "ekfac"], default="exact", help="training curvature"
     )
-    faith.add_argument("--target-curvature", choices=["exact", "ggn"], default="exact", help="H_f products")
+    faith.add_argument(
+        "--target-curvature", choices=TARGET_KINDS, default="exact", help="H_f products, whole or per-layer blocks"
+    )
     faith.add_argument("--l2", type=float, default=0.01, help="L2 strength λ (SGD weight decay) (default 0.01)")
     faith.add_argument("--epochs", type=int, default=200, help="MLP: SGD epochs (default 200, Table 3)")
     faith.add_argument("--lr", type=float, default=0.01, help="MLP: SGD learning rate (default 0.01)")
@@ -99,6 +102,9 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
         "--curvature", choices=["exact", "ggn", "kfac", "ekfac"], default=None, help="training curvature"
     )
     parser.add_argument("--damping", type=parse_damping, default=None, help="damping ρ or 'heuristic'")
+    parser.add_argument(
+        "--target-curvature", choices=TARGET_KINDS, default=None, help="H_f products, whole or per-layer blocks"
+    )
 
 
 def add_select(commands: argparse._SubParsersAction) -> None:
@@ -153,6 +159,7 @@ def pool_config(args: argparse.Namespace, **extra: object):
         hidden=args.hidden,
         curvature=args.curvature,
         damping=args.damping,
+        target_curvature=args.target_curvature,
         **extra,
     )
 

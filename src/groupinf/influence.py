@@ -19,9 +19,13 @@ from groupinf.estimators import Setting
 from groupinf.gradients import per_example_gradients
 from groupinf.groups import GroupLike, group_sums, validate_groups
 from groupinf.products import loss_ggn_vp, loss_hvp
+from groupinf.target_blocks import BlockDiagonalCurvature
 from groupinf.task import Task
 
 ProductKind = Literal["exact", "ggn"]
+#: ``H_f`` choices: exact Hessian or Gauss–Newton products, whole or restricted to per-layer blocks.
+TargetKind = Literal["exact", "ggn", "block-exact", "block-ggn"]
+TARGET_KINDS: tuple[str, ...] = ("exact", "ggn", "block-exact", "block-ggn")
 
 
 def compute_shifts(curvature: Curvature, gradients: Tensor, n: int) -> Tensor:
@@ -33,13 +37,16 @@ def compute_shifts(curvature: Curvature, gradients: Tensor, n: int) -> Tensor:
     return curvature.solve(gradients) / n
 
 
-def target_curvature(task: Task, theta: Tensor, kind: ProductKind) -> TargetCurvature:
-    """``H_f`` of the task's target as an operator: exact Hessian- or Gauss–Newton-vector products."""
+def target_curvature(task: Task, theta: Tensor, kind: TargetKind) -> TargetCurvature:
+    """``H_f`` of the task's target as an operator: exact Hessian- or Gauss–Newton-vector products, or
+    ("block-…") their per-layer diagonal blocks (MATH.md, "Curvature approximations")."""
     if kind == "exact":
         return OperatorCurvature(lambda V: task.target.hvp(task, theta, V))
     if kind == "ggn":
         return OperatorCurvature(lambda V: task.target.ggn_vp(task, theta, V))
-    raise ValueError(f"target curvature must be 'exact' or 'ggn', got {kind!r}")
+    if kind in ("block-exact", "block-ggn"):
+        return BlockDiagonalCurvature.of_target(task, theta, "exact" if kind == "block-exact" else "ggn")
+    raise ValueError(f"target curvature must be one of {TARGET_KINDS}, got {kind!r}")
 
 
 class GroupInfluence:
@@ -59,7 +66,7 @@ class GroupInfluence:
         curvature: Curvature,
         *,
         n: int | None = None,
-        hf: TargetCurvature | ProductKind = "exact",
+        hf: TargetCurvature | TargetKind = "exact",
         group_hessian: ProductKind = "exact",
         batch_size: int = 256,
     ) -> None:

@@ -35,7 +35,7 @@ from groupinf.experiments.figures import class_pair_figure, image_view
 from groupinf.experiments.jobs import run_jobs
 from groupinf.files import atomic_path, atomic_write_json
 from groupinf.groups import group_sums, nearest_neighbour_groups, validate_groups
-from groupinf.influence import GroupInfluence
+from groupinf.influence import TARGET_KINDS, GroupInfluence
 from groupinf.models import linear_model, loss_for, mlp, resnet9, weight_parameters
 from groupinf.target import mean_loss
 from groupinf.task import Task
@@ -76,8 +76,8 @@ class FaithfulnessConfig:
     def __post_init__(self) -> None:
         if self.model not in ("lr", "mlp", "resnet9"):
             raise ValueError(f"model must be 'lr', 'mlp' or 'resnet9', got {self.model!r}")
-        if self.target_curvature not in ("exact", "ggn"):
-            raise ValueError(f"target curvature must be 'exact' or 'ggn', got {self.target_curvature!r}")
+        if self.target_curvature not in TARGET_KINDS:
+            raise ValueError(f"target curvature must be one of {TARGET_KINDS}, got {self.target_curvature!r}")
         if self.groups < 2:
             raise ValueError(f"a rank correlation needs at least 2 groups, got {self.groups}")
         if self.l2 < 0:

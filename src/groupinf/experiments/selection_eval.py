@@ -30,7 +30,7 @@ from groupinf.experiments.figures import figure, save
 from groupinf.experiments.jobs import run_jobs
 from groupinf.features import SelectionFeatures, compute_features, select_from_features
 from groupinf.files import atomic_path, atomic_write_bytes, atomic_write_json
-from groupinf.influence import target_curvature
+from groupinf.influence import TARGET_KINDS, target_curvature
 from groupinf.losses import CrossEntropy
 from groupinf.models import mlp
 from groupinf.target import mean_loss
@@ -63,6 +63,7 @@ class SelectionEvalConfig:
     methods: tuple[str, ...] = tuple(METHODS)
     curvature: str = "ekfac"
     damping: Damping = 0.01
+    target_curvature: str = "ggn"
     workers: int = 2
 
     def __post_init__(self) -> None:
@@ -73,6 +74,8 @@ class SelectionEvalConfig:
             raise ValueError(f"the candidate pool is empty (pool_size = {self.pool_size})")
         if self.target_size < 1:
             raise ValueError(f"the target set has no examples (target_size = {self.target_size})")
+        if self.target_curvature not in TARGET_KINDS:
+            raise ValueError(f"target curvature must be one of {TARGET_KINDS}, got {self.target_curvature!r}")
         if self.seeds < 1 or self.workers < 1:
             raise ValueError("seeds and workers must be >= 1")
 
@@ -88,7 +91,7 @@ class SelectionEvalConfig:
 
     def features_fingerprint(self) -> str:
         """A short hash of the settings that determine the features given θ*."""
-        return digest({"curvature": self.curvature, "damping": self.damping})
+        return digest({"curvature": self.curvature, "damping": self.damping, "target_curvature": self.target_curvature})
 
 
 def digest(obj: object) -> str:
@@ -171,7 +174,8 @@ def pool_features(
     theta = task.theta()
     X, y = shared["X_pool"], shared["y_pool"]
     curvature = fit_curvature(config.curvature, task, theta, X, y, len(X), config.damping)
-    features = compute_features(task, theta, curvature, X, y, len(X), target_curvature(task, theta, "ggn"), basu="ggn")
+    hf = target_curvature(task, theta, config.target_curvature)
+    features = compute_features(task, theta, curvature, X, y, len(X), hf, basu="ggn")
     features.save(path)
     return features
 
