@@ -130,59 +130,25 @@ def run_groupinf(setup: dict, batch_size: int) -> tuple[np.ndarray, dict]:
 
 
 def run_kronfluence(setup: dict, batch_size: int, workdir: Path) -> tuple[np.ndarray, dict]:
-    from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments, ScoreArguments
-    from kronfluence.task import Task
     from torch.utils.data import TensorDataset
 
-    class Classification(Task):
-        def compute_train_loss(self, batch, model: nn.Module, sample: bool = False) -> torch.Tensor:
-            inputs, labels = batch
-            logits = model(inputs)
-            if sample:
-                with torch.no_grad():
-                    labels = torch.multinomial(torch.softmax(logits.detach(), -1), 1).flatten()
-            return F.cross_entropy(logits, labels, reduction="sum")  # unscaled per-example losses, summed
-
-        def compute_measurement(self, batch, model: nn.Module) -> torch.Tensor:
-            inputs, labels = batch
-            return F.cross_entropy(model(inputs), labels, reduction="sum")
+    from benchmarks import _kronfluence as kronfluence
 
     model = make_model()
     model.load_state_dict(setup["model"])
     model.eval()
-    task = Classification()
-    model = prepare_model(model, task)
+    analyzer = kronfluence.analyzer(model, workdir)
     train_set = TensorDataset(setup["X"], setup["y"])
     query_set = TensorDataset(setup["Xq"], setup["yq"])
-    analyzer = Analyzer("bench", model, task, cpu=True, disable_tqdm=True, output_dir=str(workdir / "kronfluence"))
     before = memory()
     start = time.perf_counter()
-    factor_args = FactorArguments(strategy="ekfac", use_empirical_fisher=True)
-    # the three stages of fit_all_factors, timed one by one
-    options = {"factor_args": factor_args, "overwrite_output_dir": True}
-    analyzer.fit_covariance_matrices("ekfac", dataset=train_set, per_device_batch_size=batch_size, **options)
-    covariances = time.perf_counter()
-    analyzer.perform_eigendecomposition("ekfac", **options)
-    eigen = time.perf_counter()
-    analyzer.fit_lambda_matrices("ekfac", dataset=train_set, per_device_batch_size=batch_size, **options)
+    stages = kronfluence.fit_ekfac(analyzer, train_set, batch_size, empirical=True)
     fitted = time.perf_counter()
-    score_args = ScoreArguments(damping_factor=None)  # heuristic: 0.1 × mean(Λ) per module
-    analyzer.compute_pairwise_scores(
-        "scores",
-        "ekfac",
-        query_dataset=query_set,
-        train_dataset=train_set,
-        per_device_query_batch_size=len(query_set),
-        per_device_train_batch_size=batch_size,
-        score_args=score_args,
-        overwrite_output_dir=True,
-    )
-    scores = analyzer.load_pairwise_scores("scores")["all_modules"]
+    # damping None: the heuristic 0.1 × mean(Λ) per module
+    scores = kronfluence.pairwise_scores(analyzer, query_set, train_set, batch_size, damping=None)
     done = time.perf_counter()
-    info = {"fit_s": fitted - start, "score_s": done - fitted, "total_s": done - start}
-    info["stages_s"] = {"covariances": covariances - start, "eigh": eigen - covariances, "lambda": fitted - eigen}
-    return scores.float().numpy(), {**info, "rss_before_mib": before["VmRSS"]}
+    info = {"fit_s": fitted - start, "score_s": done - fitted, "total_s": done - start, "stages_s": stages}
+    return scores, {**info, "rss_before_mib": before["VmRSS"]}
 
 
 def worker(library: str, workdir: Path, batch_size: int, threads: int) -> None:
@@ -227,10 +193,14 @@ def main(argv: list[str]) -> None:
         workdir = Path(tmp)
         torch.save({"model": model.state_dict(), "X": X, "y": y, "Xq": Xq, "yq": yq}, workdir / "setup.pt")
         results = {}
+        # the workers run this file as a script: put the repository root on their path (benchmarks._kronfluence)
+        env = os.environ.copy()
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
         for library in ("groupinf", "kronfluence"):
             command = [sys.executable, __file__, "--worker", library, "--workdir", str(workdir)]
             command += ["--batch-size", str(args.batch_size), "--threads", str(args.threads)]
-            subprocess.run(command, check=True, env=os.environ.copy())
+            subprocess.run(command, check=True, env=env)
             info = json.loads((workdir / f"{library}.json").read_text())
             results[library] = (np.load(workdir / f"{library}.npy"), info)
             peak, base = info["rss_peak_mib"], info["rss_before_mib"]
