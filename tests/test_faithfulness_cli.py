@@ -42,7 +42,10 @@ def test_results_schema_on_npz(tmp_path, capsys, regression):
 def test_interrupted_run_resumes_without_retraining_finished_groups(tmp_path, monkeypatch):
     data = tmp_path / "toy.npz"
     write_npz(data)
-    args = ["--data", data, "--groups", 8, "--group-size", 5, "--out", tmp_path / "out"]
+    args = ["--data", data, "--groups", 8, "--group-size", 5]
+    assert run([*args, "--out", tmp_path / "fresh"]) == 0  # uninterrupted, for comparison
+    fresh = json.loads((tmp_path / "fresh" / "results.json").read_text())
+    args += ["--out", tmp_path / "out"]
     real_fit = faithfulness.fit_convex
     calls = []
 
@@ -56,16 +59,32 @@ def test_interrupted_run_resumes_without_retraining_finished_groups(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         run(args)
     assert not (tmp_path / "out" / "results.json").exists()
-    assert len(list((tmp_path / "out" / "work").rglob("group_*.json"))) == 2
+    assert len(list((tmp_path / "out" / "work").glob("*/retrain/g*.json"))) == 2
     calls.clear()
     monkeypatch.setattr(faithfulness, "fit_convex", lambda *a, **k: (calls.append(1), real_fit(*a, **k))[1])
     assert run(args) == 0
     assert len(calls) == 1 + 6  # the full-data fit and only the 6 unfinished groups
-    first = json.loads((tmp_path / "out" / "results.json").read_text())
+    resumed = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [g["truth"] for g in resumed["groups"]] == [g["truth"] for g in fresh["groups"]]
+    assert resumed["spearman"] == fresh["spearman"]
     calls.clear()
     assert run(args) == 0
     assert len(calls) == 1
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["spearman"] == first["spearman"]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["spearman"] == fresh["spearman"]
+
+
+def test_retraining_cache_is_reused_only_for_the_same_group(tmp_path, monkeypatch, breast_cancer):
+    task, tensors = faithfulness.build_task(breast_cancer, l2=0.1)
+    X, y = tensors["X_train"], tensors["y_train"]
+    theta = faithfulness.fit_convex(task, task.theta(), X, y, len(X))
+    groups = [np.arange(10 * m, 10 * m + 10) for m in range(4)]
+    truth = faithfulness.retraining_truth(task, theta, tensors, groups, tmp_path)
+    real_fit = faithfulness.fit_convex
+    calls = []
+    monkeypatch.setattr(faithfulness, "fit_convex", lambda *a, **k: (calls.append(1), real_fit(*a, **k))[1])
+    swapped = [groups[1], groups[0], *groups[2:]]
+    assert faithfulness.retraining_truth(task, theta, tensors, swapped, tmp_path) == [truth[1], truth[0], *truth[2:]]
+    assert len(calls) == 2  # the two moved groups are retrained, not read from the other group's file
 
 
 def test_bad_arguments_give_clear_errors(tmp_path, capsys):

@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import ClassVar, Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -57,6 +57,7 @@ FISHERS = ("empirical", "true", "ggn")
 CHUNK_ELEMENTS = 1 << 22
 
 Batch = Tensor | Sequence[Tensor]
+K = TypeVar("K", bound="KroneckerCurvature")
 
 
 def tensor_batches(inputs: Tensor, targets: Tensor, batch_size: int) -> list[tuple[Tensor, Tensor]]:
@@ -209,6 +210,11 @@ def fit_factors(
     return KroneckerFactors(task.space, layers, A, S, examples, tokens, fisher)
 
 
+def kfac_eigenvalues(factors: KroneckerFactors) -> dict[str, Tensor]:
+    """K-FAC eigenvalues ``Λ = λ_S λ_Aᵀ`` ``(d_out, columns)`` per layer."""
+    return {name: torch.outer(lam_s, lam_a) for name, (lam_a, _, lam_s, _) in factors.eigenbases.items()}
+
+
 def corrected_eigenvalues(
     task: Task,
     theta: Tensor,
@@ -279,6 +285,9 @@ class KroneckerCurvature(Curvature):
     ``damping`` is the fixed ρ, or for the heuristic the parameter-weighted mean of the per-layer values
     (``layer_damping``), for reporting.
     """
+
+    #: passes over the data that ``fit`` makes (more than one needs a re-iterable ``data``)
+    passes: ClassVar[int] = 1
 
     def __init__(
         self,
@@ -358,21 +367,9 @@ class KroneckerCurvature(Curvature):
     def matvec(self, V: Tensor) -> Tensor:
         return self._apply(V, 1)
 
-
-class KFACCurvature(KroneckerCurvature):
-    """K-FAC: ``G_ℓ ≈ A ⊗ S``, eigenvalues ``Λ = λ_S λ_Aᵀ``."""
-
-    @classmethod
-    def from_factors(
-        cls, factors: KroneckerFactors, l2: float, damping: Damping = 0.0, compute_dtype: torch.dtype = torch.float64
-    ) -> KFACCurvature:
-        bases = factors.eigenbases
-        values = {name: torch.outer(lam_s, lam_a) for name, (lam_a, _, lam_s, _) in bases.items()}
-        return cls(factors.space, factors, values, l2, damping, compute_dtype)
-
     @classmethod
     def fit(
-        cls,
+        cls: type[K],
         task: Task,
         theta: Tensor,
         data: Iterable[Batch],
@@ -385,15 +382,52 @@ class KFACCurvature(KroneckerCurvature):
         dtype: torch.dtype = torch.float64,
         compute_dtype: torch.dtype = torch.float64,
         progress: bool = False,
+    ) -> K:
+        """Fit the damped curvature of ``task`` at ``theta`` ``(p,)`` over the batches of ``data``.
+
+        ``data`` yields ``(inputs, targets)`` batches (see ``fit_factors``; re-iterable for EK-FAC). First the
+        factors (``fit_factors`` with ``fisher``, ``samples``, ``seed``, ``modules``; sums in ``dtype``), then
+        the eigenvalues ``Λ``: K-FAC's ``λ_S λ_Aᵀ``, or EK-FAC's second pass over ``data``
+        (``corrected_eigenvalues``, seed ``seed + 1``). ``damping`` is ``ρ`` or "heuristic" (per layer);
+        solves run in ``compute_dtype``. Call it on ``KFACCurvature`` or ``EKFACCurvature``.
+        """
+        if cls.passes > 1:
+            _check_reiterable(data)
+        options = {"samples": samples, "dtype": dtype, "progress": progress}
+        factors = fit_factors(task, theta, data, fisher=fisher, seed=seed, modules=modules, **options)
+        values = cls._eigenvalues(task, theta, data, factors, seed=seed + 1, **options)
+        return cls(factors.space, factors, values, task.l2, damping, compute_dtype)
+
+    @staticmethod
+    def _eigenvalues(
+        task: Task, theta: Tensor, data: Iterable[Batch], factors: KroneckerFactors, **options: object
+    ) -> dict[str, Tensor]:
+        """Eigenvalues ``Λ`` ``(d_out, columns)`` of each layer's ``G`` (``options``: ``samples``, ``seed``,
+        ``dtype``, ``progress``), with the signature of ``corrected_eigenvalues``."""
+        raise NotImplementedError("fit a KFACCurvature or an EKFACCurvature")
+
+
+class KFACCurvature(KroneckerCurvature):
+    """K-FAC: ``G_ℓ ≈ A ⊗ S``, eigenvalues ``Λ = λ_S λ_Aᵀ``."""
+
+    @classmethod
+    def from_factors(
+        cls, factors: KroneckerFactors, l2: float, damping: Damping = 0.0, compute_dtype: torch.dtype = torch.float64
     ) -> KFACCurvature:
-        """Fit the factors over ``data`` (see ``fit_factors``; sums in ``dtype``) and build the damped curvature."""
-        options = {"fisher": fisher, "samples": samples, "seed": seed, "modules": modules, "dtype": dtype}
-        factors = fit_factors(task, theta, data, **options, progress=progress)
-        return cls.from_factors(factors, task.l2, damping, compute_dtype)
+        return cls(factors.space, factors, kfac_eigenvalues(factors), l2, damping, compute_dtype)
+
+    @staticmethod
+    def _eigenvalues(
+        task: Task, theta: Tensor, data: Iterable[Batch], factors: KroneckerFactors, **options: object
+    ) -> dict[str, Tensor]:
+        return kfac_eigenvalues(factors)
 
 
 class EKFACCurvature(KroneckerCurvature):
-    """EK-FAC: the K-FAC eigenbases with eigenvalues refitted to the per-example gradients."""
+    """EK-FAC: the K-FAC eigenbases with eigenvalues refitted to the per-example gradients (a second pass)."""
+
+    passes = 2
+    _eigenvalues = staticmethod(corrected_eigenvalues)
 
     @classmethod
     def from_factors(
@@ -415,36 +449,3 @@ class EKFACCurvature(KroneckerCurvature):
             task, theta, data, factors, samples=samples, seed=seed, dtype=dtype, progress=progress
         )
         return cls(factors.space, factors, values, task.l2, damping, compute_dtype)
-
-    @classmethod
-    def fit(
-        cls,
-        task: Task,
-        theta: Tensor,
-        data: Iterable[Batch],
-        *,
-        damping: Damping = 0.0,
-        fisher: Fisher = "empirical",
-        samples: int = 1,
-        seed: int = 0,
-        modules: Sequence[str] | None = None,
-        dtype: torch.dtype = torch.float64,
-        compute_dtype: torch.dtype = torch.float64,
-        progress: bool = False,
-    ) -> EKFACCurvature:
-        """Two passes over ``data``: K-FAC factors (seed ``seed``), then eigenvalues (seed ``seed + 1``)."""
-        _check_reiterable(data)
-        options = {"fisher": fisher, "samples": samples, "seed": seed, "modules": modules, "dtype": dtype}
-        factors = fit_factors(task, theta, data, **options, progress=progress)
-        return cls.from_factors(
-            factors,
-            task,
-            theta,
-            data,
-            damping=damping,
-            samples=samples,
-            seed=seed + 1,
-            dtype=dtype,
-            compute_dtype=compute_dtype,
-            progress=progress,
-        )

@@ -129,29 +129,31 @@ def build_task(data: Dataset, l2: float) -> tuple[Task, dict[str, Tensor]]:
     return task, tensors
 
 
+def retrain_convex_job(shared: dict, job: list[int]) -> dict:
+    """Convex models: the mean test loss ``f(θ*_{D\\G})`` after L-BFGS without the examples ``job``,
+    warm-started from ``shared["theta"]``."""
+    task, X = shared["task"], shared["X_train"]
+    weights = torch.ones(len(X), dtype=X.dtype)
+    weights[torch.as_tensor(job)] = 0.0
+    theta_minus = fit_convex(task, shared["theta"], X, shared["y_train"], len(X), weights=weights)
+    return {"f": task.target.value(task, theta_minus).item()}
+
+
+def group_key(m: int, group: np.ndarray) -> str:
+    """``g<m>_<hash of the indices>``: a cached result can only be reused for the very same group."""
+    digest = hashlib.sha256(json.dumps(group.tolist()).encode()).hexdigest()[:12]
+    return f"g{m:04d}_{digest}"
+
+
 def retraining_truth(
     task: Task, theta: Tensor, tensors: dict[str, Tensor], groups: list[np.ndarray], cache_dir: Path
 ) -> list[float]:
-    """Convex models: ``Δf(−G)`` per group by warm-started L-BFGS, each cached as it finishes."""
-    X, y = tensors["X_train"], tensors["y_train"]
-    n = len(X)
+    """Convex models: ``Δf(−G)`` per group, resumable (``run_jobs`` in this process: each L-BFGS is fast)."""
+    shared = {"task": task, "theta": theta, "X_train": tensors["X_train"], "y_train": tensors["y_train"]}
+    jobs = {group_key(m, group): group.tolist() for m, group in enumerate(groups)}
+    values = run_jobs(retrain_convex_job, jobs, cache_dir, shared, desc="retraining")
     base = task.target.value(task, theta).item()
-    truth = []
-    for m, group in enumerate(tqdm(groups, desc="retraining")):
-        path = cache_dir / f"group_{m:04d}.json"
-        if path.exists():
-            cached = json.loads(path.read_text())
-            if cached["indices"] != group.tolist():
-                raise ValueError(f"{path} holds another group; delete {cache_dir} or use a new --out")
-            truth.append(cached["truth"])
-            continue
-        weights = torch.ones(n, dtype=X.dtype)
-        weights[torch.as_tensor(group)] = 0.0
-        theta_minus = fit_convex(task, theta, X, y, n, weights=weights)
-        delta_f = task.target.value(task, theta_minus).item() - base
-        atomic_write_json(path, {"indices": group.tolist(), "truth": delta_f})
-        truth.append(delta_f)
-    return truth
+    return [values[key]["f"] - base for key in jobs]
 
 
 def network(config: FaithfulnessConfig, num_features: int, num_outputs: int) -> nn.Module:
