@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from groupinf import cli
 from groupinf.curvature import EigenCurvature, gauss_newton
 from groupinf.curvature_ops import LowRankCurvature
+from groupinf.data import load_dataset
 from groupinf.features import SelectionFeatures, compute_features, select_from_features
 from groupinf.influence import target_curvature
 
@@ -122,6 +123,14 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
     for rows in results["results"].values():
         assert set(rows) == {"5", "10"}
         assert all(np.isfinite(r["test_loss_mean"]) and 0 <= r["class_entropy"] <= np.log(10) for r in rows.values())
+    labels = load_dataset("digits").y_train[results["pool_indices"]]
+    assert len(results["pool_indices"]) == 300
+    for name, rows in results["results"].items():
+        for k, row in rows.items():
+            picks = [np.asarray(s)[: int(k)] for s in results["selections"][name]]
+            expected = np.mean([np.bincount(labels[idx], minlength=10) for idx in picks], axis=0)
+            np.testing.assert_allclose(row["class_counts"], expected)
+            assert sum(row["class_counts"]) == pytest.approx(int(k))
     assert (run_dir / "selection.png").stat().st_size > 10_000
     assert "F+I test loss" in (run_dir / "results.md").read_text()
     assert cli.main(list(map(str, ["select", *pool[:-2], "--pool-size", 0, "--k", 1, "--out", out]))) == 2

@@ -241,17 +241,20 @@ def run_selection_eval(config: SelectionEvalConfig, out: Path) -> dict:
             losses = [trained[f"{name}_k{k}_s{s}"]["test_loss"] for s in range(config.seeds)]
             accuracy = [trained[f"{name}_k{k}_s{s}"]["test_accuracy"] for s in range(config.seeds)]
             entropy = [class_entropy(labels[c[:k]], shared["num_classes"]) for c in chosen]
+            counts = [np.bincount(labels[c[:k]], minlength=shared["num_classes"]) for c in chosen]
             table[name][str(k)] = {
                 "test_loss_mean": float(np.mean(losses)),
                 "test_loss_std": float(np.std(losses)),
                 "test_accuracy_mean": float(np.mean(accuracy)),
                 "class_entropy": float(np.mean(entropy)),
+                "class_counts": np.mean(counts, axis=0).tolist(),  # mean over random's draws
             }
     results = {
         "config": json.loads(json.dumps(asdict(config), default=str)),
         "max_entropy": float(np.log(shared["num_classes"])),
         "results": table,
-        "selections": {name: [c.tolist() for c in chosen] for name, chosen in orders.items()},
+        "selections": {name: [c.tolist() for c in chosen] for name, chosen in orders.items()},  # pool positions
+        "pool_indices": shared["pool_indices"].tolist(),  # pool position -> training-set index
     }
     atomic_write_json(out / "results.json", results)
     atomic_write_bytes(out / "results.md", format_table(results).encode())
