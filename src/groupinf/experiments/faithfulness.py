@@ -206,16 +206,37 @@ def full_model_jobs(config: FaithfulnessConfig, models: Path, seeds: range) -> d
     return jobs
 
 
-def network_ground_truth(config: FaithfulnessConfig, shared: dict, groups: list[np.ndarray], work: Path) -> list[float]:
-    """Seed-averaged ``Δf(−G)`` for every group, resumable, in worker processes."""
+def network_ground_truth(config: FaithfulnessConfig, shared: dict, groups: list[np.ndarray], work: Path) -> np.ndarray:
+    """``Δf(−G)`` of every group under every seed ``(M, seeds)`` (each retraining paired with the full-data
+    model of its seed), resumable, in worker processes; the ground truth is the mean over seeds."""
     jobs = full_model_jobs(config, work / "models", range(config.seeds))
     for m, group in enumerate(groups):
         jobs |= {f"g{m:04d}_s{s}": {"seed": s, "exclude": group.tolist()} for s in range(config.seeds)}
     values = run_jobs(train_network_job, jobs, work / "retrain", shared, config.workers, desc="retraining")
-    return [
-        float(np.mean([values[f"g{m:04d}_s{s}"]["f"] - values[f"full_s{s}"]["f"] for s in range(config.seeds)]))
-        for m in range(len(groups))
-    ]
+    return np.array(
+        [
+            [values[f"g{m:04d}_s{s}"]["f"] - values[f"full_s{s}"]["f"] for s in range(config.seeds)]
+            for m in range(len(groups))
+        ]
+    )
+
+
+def seed_agreement(per_seed: np.ndarray) -> dict[str, float]:
+    """How repeatable a seed-averaged ground truth is, from ``per_seed`` ``(M groups, S ≥ 2 seeds)``.
+
+    ``pairwise``: the mean Spearman ``r``, over pairs of seeds, between two seeds' effects on the M groups;
+    ``reliability``: the Spearman–Brown reliability of the S-seed mean, ``S·r / (1 + (S − 1)·r)`` with ``r``
+    clipped at 0 (seeds that disagree carry no repeatable ranking). An
+    estimator that ranked the expected effects perfectly would reach a Spearman of only about
+    ``√reliability`` with the noisy mean: the ceiling to read every method's correlation against.
+    """
+    num_seeds = per_seed.shape[1]
+    if num_seeds < 2:
+        raise ValueError(f"seed agreement needs at least 2 seeds, got {num_seeds}")
+    pairs = [(a, b) for a in range(num_seeds) for b in range(a + 1, num_seeds)]
+    r = float(np.mean([spearmanr(per_seed[:, a], per_seed[:, b]).statistic for a, b in pairs]))
+    positive = max(r, 0.0)
+    return {"pairwise": r, "reliability": num_seeds * positive / (1 + (num_seeds - 1) * positive)}
 
 
 def load_network(config: FaithfulnessConfig, shared: dict, path: Path) -> nn.Module:
@@ -269,6 +290,7 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
         timings["train"] = time.perf_counter() - start
         start = time.perf_counter()
         truth = retraining_truth(task, theta, tensors, groups, work / "retrain")
+        per_seed = None  # deterministic: convex, warm-started
     else:
         shared = {
             "config": config,
@@ -291,7 +313,8 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
         groups = nearest_neighbour_groups(embedding, config.groups, group_size, config.seed, config.distinct_groups)
         timings["train"] = time.perf_counter() - start
         start = time.perf_counter()
-        truth = network_ground_truth(config, shared, groups, work)
+        per_seed = network_ground_truth(config, shared, groups, work)
+        truth = per_seed.mean(axis=1).tolist()
         thetas = [
             task.space.current(load_network(config, shared, models / f"full_s{s}.safetensors"))
             for s in range(config.seeds)
@@ -331,6 +354,11 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
             for m, (g, t) in enumerate(zip(groups, truth, strict=True))
         ],
     }
+    if per_seed is not None:
+        for record, effects in zip(results["groups"], per_seed, strict=True):
+            record["truth_per_seed"] = effects.tolist()
+        if per_seed.shape[1] >= 2:
+            results["truth_seed_agreement"] = seed_agreement(per_seed)
     if config.damping_sweep:
         sweep = {}
         for value in tqdm(config.damping_sweep, desc="damping sweep"):
@@ -362,6 +390,13 @@ def format_table(results: dict) -> str:
     for method, value in results["spearman"].items():
         seconds = runtimes.get(method, runtimes.get("F+I and F+B family"))
         lines.append(f"| {method} | {value:.4f} | {seconds:.2f} |")
+    agreement = results.get("truth_seed_agreement")
+    if agreement is not None:
+        ceiling = max(agreement["reliability"], 0.0) ** 0.5
+        lines.append(
+            f"\nground truth: two seeds agree at Spearman {agreement['pairwise']:.3f}; the seed mean's reliability is "
+            f"{agreement['reliability']:.3f}, so a perfect estimator would reach about {ceiling:.3f}"
+        )
     return "\n".join(lines)
 
 

@@ -79,9 +79,15 @@ def run_suite(name: str, out: Path, data_dir: str | None = None) -> str:
         spearman[key] = results["spearman"]
         lines.append((key, results, time.perf_counter() - start))
     methods = list(next(iter(spearman.values())))
-    table = ["| setting | " + " | ".join(methods) + " | seconds |", "|---|" + "---|" * (len(methods) + 1)]
+    header = "| setting | " + " | ".join(methods) + " | truth reliability | seconds |"
+    table = [header, "|---|" + "---|" * (len(methods) + 2)]
     for key, results, seconds in lines:
         cells = [f"{results['spearman'][m]:.3f}" for m in methods]
+        agreement = results.get("truth_seed_agreement")
+        if agreement is not None:
+            cells.append(f"{agreement['reliability']:.3f}")
+        else:  # a convex model's warm-started truth has no seed; one seed gives no agreement to measure
+            cells.append("exact" if results["config"]["model"] == "lr" else "one seed")
         table.append(f"| {key} | " + " | ".join(cells) + f" | {seconds:.0f} |")
     text = "\n".join(table) + "\n"
     with atomic_path(out / "suite.md") as tmp:
