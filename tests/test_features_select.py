@@ -115,10 +115,13 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
     assert len(record["train_indices"]) == 12 == len(set(record["indices"]))
     assert record["terms"] == "F+I+B"
     argv = ["selection-eval", *pool, "--budgets", "5,10", "--seeds", 2, "--workers", 1, "--out", tmp_path / "ev"]
+    argv += ["--epochs", 20, "--cosine"]
     assert cli.main(list(map(str, argv))) == 0
     (results_file,) = (tmp_path / "ev").rglob("results.json")
     run_dir = results_file.parent
     results = json.loads(results_file.read_text())
+    assert results["config"]["sgd"] | {"epochs": 20, "cosine": True} == results["config"]["sgd"]  # others: preset
+    assert results["config"]["sgd"]["lr"] == 0.05
     assert set(results["results"]) == {"F+I", "F", "F+B", "F+I+B", "random"}
     for rows in results["results"].values():
         assert set(rows) == {"5", "10"}
@@ -136,6 +139,8 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
     assert cli.main(list(map(str, ["select", *pool[:-2], "--pool-size", 0, "--k", 1, "--out", out]))) == 2
     assert cli.main(list(map(str, ["select", *pool, "--target-size", 0, "--k", 1, "--out", out]))) == 2
     assert cli.main(list(map(str, ["select", *pool, "--k", 301, "--out", tmp_path / "big"]))) == 2
+    assert cli.main(list(map(str, ["select", *pool, "--k", 3, "--epochs", 0, "--out", tmp_path / "big"]))) == 2
+    assert "invalid SGD settings" in capsys.readouterr().err
     assert not (tmp_path / "big").exists()
 
 

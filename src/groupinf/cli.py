@@ -105,6 +105,9 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target-curvature", choices=TARGET_KINDS, default=None, help="H_f products, whole or per-layer blocks"
     )
+    parser.add_argument("--epochs", type=int, default=None, help="SGD epochs of θ* and every retraining")
+    parser.add_argument("--lr", type=float, default=None, help="SGD learning rate of θ* and every retraining")
+    parser.add_argument("--cosine", action="store_true", help="cosine learning-rate schedule")
 
 
 def add_select(commands: argparse._SubParsersAction) -> None:
@@ -148,8 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def pool_config(args: argparse.Namespace, **extra: object):
-    from groupinf.experiments.selection_eval import with_overrides
+    from dataclasses import replace
 
+    from groupinf.experiments.selection_eval import PRESETS, with_overrides
+
+    changes = {k: getattr(args, k) for k in ("epochs", "lr") if getattr(args, k) is not None}
+    if args.cosine:
+        changes["cosine"] = True
+    sgd = replace(PRESETS[args.preset].sgd, **changes) if changes else None
     return with_overrides(
         args.preset,
         data=args.data,
@@ -160,6 +169,7 @@ def pool_config(args: argparse.Namespace, **extra: object):
         curvature=args.curvature,
         damping=args.damping,
         target_curvature=args.target_curvature,
+        sgd=sgd,
         **extra,
     )
 
