@@ -13,6 +13,7 @@ from groupinf.curvature_ops import LowRankCurvature
 from groupinf.data import load_dataset
 from groupinf.features import SelectionFeatures, compute_features, select_from_features
 from groupinf.influence import target_curvature
+from groupinf.training import SGDConfig
 
 
 @pytest.fixture
@@ -115,13 +116,21 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
     assert len(record["train_indices"]) == 12 == len(set(record["indices"]))
     assert record["terms"] == "F+I+B"
     argv = ["selection-eval", *pool, "--budgets", "5,10", "--seeds", 2, "--workers", 1, "--out", tmp_path / "ev"]
-    argv += ["--epochs", 20, "--cosine"]
+    argv += ["--epochs", 20, "--lr", 0.02]
     assert cli.main(list(map(str, argv))) == 0
     (results_file,) = (tmp_path / "ev").rglob("results.json")
     run_dir = results_file.parent
     results = json.loads(results_file.read_text())
-    assert results["config"]["sgd"] | {"epochs": 20, "cosine": True} == results["config"]["sgd"]  # others: preset
-    assert results["config"]["sgd"]["lr"] == 0.05
+    assert results["config"]["sgd"] == {
+        "epochs": 20,
+        "lr": 0.02,
+        "weight_decay": 0.01,
+        "batch_size": 64,
+        "momentum": 0.0,
+        "cosine": True,  # the cpu preset's
+    }
+    paper = cli.build_parser().parse_args(["select", "--preset", "paper", "--cosine", "--k", "1", "--out", "x"])
+    assert cli.pool_config(paper).sgd == SGDConfig(epochs=200, lr=0.01, cosine=True)
     assert set(results["results"]) == {"F+I", "F", "F+B", "F+I+B", "random"}
     for rows in results["results"].values():
         assert set(rows) == {"5", "10"}
