@@ -7,7 +7,7 @@ estimates F, I, F+I, F+B and F+I+B for many groups at once, in the removal or ad
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -25,7 +25,7 @@ from groupinf.task import Task
 ProductKind = Literal["exact", "ggn"]
 #: ``H_f`` choices: exact Hessian or Gauss–Newton products, whole or restricted to per-layer blocks.
 TargetKind = Literal["exact", "ggn", "block-exact", "block-ggn"]
-TARGET_KINDS: tuple[str, ...] = ("exact", "ggn", "block-exact", "block-ggn")
+TARGET_KINDS: tuple[str, ...] = get_args(TargetKind)
 
 
 def compute_shifts(curvature: Curvature, gradients: Tensor, n: int) -> Tensor:
