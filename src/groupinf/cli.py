@@ -198,7 +198,8 @@ def run_faithfulness(args: argparse.Namespace) -> None:
 def run_select(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from groupinf.experiments.selection_eval import digest, pool_features, prepare_pool
+    from groupinf.experiments.common import digest
+    from groupinf.experiments.selection_eval import pool_features, prepare_pool
     from groupinf.features import SelectionFeatures, select_from_features
     from groupinf.files import atomic_save_npy, atomic_write_json
 

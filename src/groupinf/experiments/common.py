@@ -1,6 +1,9 @@
-"""Pieces the experiments share: tensors from a data set, curvature by name, class entropy."""
+"""Pieces the experiments share: tensors from a data set, curvature by name, class entropy, cache keys."""
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import numpy as np
 import torch
@@ -21,6 +24,11 @@ from groupinf.data import Dataset
 from groupinf.task import Task
 
 CURVATURES = ("exact", "ggn", "kfac", "ekfac")
+
+
+def digest(obj: object) -> str:
+    """A short SHA-256 of ``obj``'s JSON (keys sorted, other types by ``str``): the key of a cached result."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def as_tensors(data: Dataset, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:

@@ -12,7 +12,6 @@ estimator with it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -30,7 +29,7 @@ from groupinf.curvature import Damping
 from groupinf.data import Dataset, load_dataset
 from groupinf.data.transforms import standardize
 from groupinf.experiments.class_pairs import class_pair_interactions
-from groupinf.experiments.common import as_tensors, fit_curvature
+from groupinf.experiments.common import as_tensors, digest, fit_curvature
 from groupinf.experiments.figures import class_pair_figure, image_view
 from groupinf.experiments.jobs import run_jobs
 from groupinf.files import atomic_path, atomic_write_json
@@ -97,7 +96,7 @@ class FaithfulnessConfig:
         keys = ("data", "data_dir", "model", "hidden", "width", "groups", "group_size", "seed", "distinct_groups", "l2")
         keys += ("sgd", "seeds", "max_train", "max_test")
         settings = {k: getattr(self, k) for k in keys} | {"data_fingerprint": data_fingerprint}
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return digest(settings)
 
 
 def subsample(data: Dataset, max_train: int | None, max_test: int | None, seed: int = 0) -> Dataset:
@@ -141,8 +140,7 @@ def retrain_convex_job(shared: dict, job: list[int]) -> dict:
 
 def group_key(m: int, group: np.ndarray) -> str:
     """``g<m>_<hash of the indices>``: a cached result can only be reused for the very same group."""
-    digest = hashlib.sha256(json.dumps(group.tolist()).encode()).hexdigest()[:12]
-    return f"g{m:04d}_{digest}"
+    return f"g{m:04d}_{digest(group.tolist())[:12]}"
 
 
 def retraining_truth(

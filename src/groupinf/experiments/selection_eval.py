@@ -12,7 +12,6 @@ the test split used for the reported loss is never seen by any selection method.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from torch import Tensor
 from groupinf.curvature import Damping
 from groupinf.data import load_dataset
 from groupinf.data.transforms import standardize
-from groupinf.experiments.common import as_tensors, class_entropy, fit_curvature
+from groupinf.experiments.common import as_tensors, class_entropy, digest, fit_curvature
 from groupinf.experiments.figures import figure, save
 from groupinf.experiments.jobs import run_jobs
 from groupinf.features import SelectionFeatures, compute_features, select_from_features
@@ -94,10 +93,6 @@ class SelectionEvalConfig:
     def features_fingerprint(self) -> str:
         """A short hash of the settings that determine the features given θ*."""
         return digest({"curvature": self.curvature, "damping": self.damping, "target_curvature": self.target_curvature})
-
-
-def digest(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 PRESETS: dict[str, SelectionEvalConfig] = {
