@@ -17,7 +17,9 @@ dense damped matrix OF THE SAME KIND, per damping ``ρ``, in two blocks:
 groupinf adds ``λ`` to the curvature (dense: ``+ λI``; Kronecker: ``Λ + λ``) and then the damping ``ρ``;
 Kronfluence has no L2 term, so its ``damping_factor`` is ``λ + ρ``: the same total shift of every
 eigenvalue. Kronfluence runs with every dtype (covariances, eigendecompositions, per-sample gradients, Λ,
-preconditioning, scores) float64, like groupinf here. ``H = I`` scores with no curvature at all;
+preconditioning, scores) float64, like groupinf here. ``layers`` keeps the exact per-layer blocks of the
+dense matrix and drops the cross-layer blocks (no Kronecker factorisation); ``H = I`` scores with no
+curvature at all;
 ``Kf~EK-FAC`` is the Spearman of Kronfluence's scores with groupinf's EK-FAC scores of the same block.
 Without ``kronfluence`` importable (the project's ``.venv``) the Kronfluence columns are skipped with a
 note; ``.venv-bench`` has it.
@@ -52,6 +54,7 @@ from groupinf.gradients import per_example_gradients
 from groupinf.losses import CrossEntropy
 from groupinf.models import mlp
 from groupinf.target import mean_loss
+from groupinf.target_blocks import BlockDiagonalCurvature
 from groupinf.task import Task
 from groupinf.training import SGDConfig, train_sgd
 
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     batches = tensor_batches(X, y, BATCH)
     eye = torch.eye(p, dtype=theta.dtype)
     dense = {"ggn": gauss_newton(task, theta, X, n), "empirical": all_grads.T @ all_grads / n + L2 * eye}
+    masks = BlockDiagonalCurvature(lambda V: V, task.space).masks.to(theta.dtype)  # (layers, p)
+    same_layer = masks.T @ masks  # 1 where two coordinates belong to one layer: keeps the per-layer blocks
 
     def scores(curvature) -> np.ndarray:
         return (query_grads @ curvature.solve(train_grads).T).flatten().numpy()
@@ -123,8 +128,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"reference: {reference}" + (f"   [{kron_note}]" if with_kronfluence else ""))
             header = f"{'damping':>8} {'K-FAC':>7} {'EK-FAC':>7}"
             header += f" {'Kf EK-FAC':>9}" if with_kronfluence else ""
-            print(header + f" {'H = I':>7}" + (f" {'Kf~EK-FAC':>9}" if with_kronfluence else ""))
+            print(header + f" {'layers':>7} {'H = I':>7}" + (f" {'Kf~EK-FAC':>9}" if with_kronfluence else ""))
             base = EigenCurvature(dense[fisher], 0.0)  # the matrix already holds λI
+            per_layer = EigenCurvature(dense[fisher] * same_layer, 0.0)
             factors = fit_factors(task, theta, batches, fisher=fisher)
             eigenvalues = corrected_eigenvalues(task, theta, batches, factors)
             if with_kronfluence:
@@ -147,14 +153,13 @@ def main(argv: list[str] | None = None) -> None:
                         factors=fisher,
                         name=f"{fisher}-{damping:g}",
                     ).flatten()
+                row["layers"] = scores(redamped(per_layer, damping))
                 row["identity"] = identity
                 rho = {k: spearman(v, reference_scores) for k, v in row.items()}
                 line = f"{damping:>8g} {rho['kfac']:>7.3f} {rho['ekfac']:>7.3f}"
-                if with_kronfluence:
-                    line += f" {rho['kronfluence']:>9.3f} {rho['identity']:>7.3f}"
-                    line += f" {spearman(row['kronfluence'], row['ekfac']):>9.4f}"
-                else:
-                    line += f" {rho['identity']:>7.3f}"
+                line += f" {rho['kronfluence']:>9.3f}" if with_kronfluence else ""
+                line += f" {rho['layers']:>7.3f} {rho['identity']:>7.3f}"
+                line += f" {spearman(row['kronfluence'], row['ekfac']):>9.4f}" if with_kronfluence else ""
                 print(line, flush=True)
 
 
