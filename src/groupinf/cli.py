@@ -67,6 +67,12 @@ def add_faithfulness(commands: argparse._SubParsersAction) -> None:
     faith.add_argument("--distinct-groups", action="store_true", help="redraw anchors whose group repeats")
     faith.add_argument("--seed", type=int, default=0, help="seed for the anchors (default 0)")
     faith.add_argument(
+        "--draws",
+        type=int,
+        default=1,
+        help="independent anchor draws (seeds SEED, SEED+1, …): Spearman per draw and its mean (default 1)",
+    )
+    faith.add_argument(
         "--damping", type=parse_damping, default=0.0, help="damping ρ: a number or 'heuristic' (default 0)"
     )
     faith.add_argument(
@@ -188,7 +194,7 @@ def run_faithfulness(args: argparse.Namespace) -> None:
     config = FaithfulnessConfig(**options, sgd=sgd)
     results = run_faithfulness(config, args.out)
     print(
-        f"\n{config.data} / {config.model}: {config.groups} groups of {results['group_size']} "
+        f"\n{config.data} / {config.model}: {config.draws} × {config.groups} groups of {results['group_size']} "
         f"(n = {results['n_train']}), curvature {config.curvature}, damping {results['damping']:.3g}"
     )
     print(format_table(results))

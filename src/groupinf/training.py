@@ -29,34 +29,76 @@ def fit_convex(
     weights: Tensor | None = None,
     gtol: float = 1e-9,
     max_iter: int = 20_000,
+    hessian: Tensor | None = None,
 ) -> Tensor:
     """Minimise ``(1/n) Σ_i w_i l_i(θ) + (λ/2)‖θ‖²`` with L-BFGS (scipy) from ``theta0``.
 
-    Computes in ``theta0``'s dtype (use float64 for ground-truth retraining). Raises
-    ``ConvergenceError`` unless the gradient's max-norm ends below ``gtol``.
+    Computes in ``theta0``'s dtype (use float64 for ground-truth retraining). ``hessian`` ``(p, p)``, a
+    positive-definite Hessian of the objective near the solution (e.g. ``∇²R(θ*)`` when retraining from
+    ``θ*``), preconditions the search: L-BFGS then runs on ``z = Lᵀ(θ − θ0)`` (``LLᵀ = hessian``), where
+    the objective is nearly isotropic, and converges in tens of steps instead of hundreds. Raises
+    ``ConvergenceError`` unless the gradient's max-norm (in ``θ``) ends below ``gtol``.
     """
     check_inputs(theta0, inputs, what="training inputs")
+    p = theta0.numel()
+    chol = None if hessian is None else cholesky_factor(hessian, p)
+
+    def to_theta(x: np.ndarray) -> Tensor:
+        step = torch.as_tensor(x, dtype=torch.float64)
+        if chol is not None:
+            step = torch.linalg.solve_triangular(chol.mT, step[:, None], upper=True)[:, 0]
+        return (theta0.detach().cpu().double() + step).to(theta0.dtype).to(theta0.device)
 
     def value_and_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
-        theta = torch.as_tensor(x, dtype=theta0.dtype, device=theta0.device).requires_grad_(True)
-        value = task.objective(theta, inputs, targets, n, weights)
-        (g,) = torch.autograd.grad(value, theta)
-        return value.item(), g.detach().cpu().double().numpy()
+        value, g = objective_and_gradient(task, to_theta(x), inputs, targets, n, weights)
+        if chol is not None:
+            g = torch.linalg.solve_triangular(chol, g[:, None], upper=False)[:, 0]
+        return value, g.numpy()
 
+    # |∇_θ|_max = |L ∇_z|_max ≤ ‖L‖_∞ |∇_z|_max: this stopping threshold on z guarantees gtol on θ.
+    z_gtol = gtol if chol is None else gtol / chol.abs().sum(dim=1).max().item()
     result = minimize(
         value_and_grad,
-        theta0.detach().cpu().double().numpy(),
+        np.zeros(p),
         jac=True,
         method="L-BFGS-B",
-        options={"gtol": gtol, "ftol": 0.0, "maxiter": max_iter, "maxcor": 30},
+        options={"gtol": z_gtol, "ftol": 0.0, "maxiter": max_iter, "maxcor": 30},
     )
-    grad_norm = float(np.abs(result.jac).max())
+    theta = to_theta(result.x)
+    grad_norm = objective_and_gradient(task, theta, inputs, targets, n, weights)[1].abs().max().item()
     if grad_norm > 10 * gtol:
         raise ConvergenceError(
             f"L-BFGS stopped after {result.nit} iterations with gradient max-norm {grad_norm:.2e} "
             f"(> {10 * gtol:.0e}): {result.message}. Increase max_iter or the L2 strength."
         )
-    return torch.as_tensor(result.x, dtype=theta0.dtype, device=theta0.device)
+    return theta
+
+
+def is_positive_definite(matrix: Tensor) -> bool:
+    """Whether a symmetric matrix has a Cholesky factor (in float64)."""
+    return torch.linalg.cholesky_ex(matrix.detach().cpu().double()).info.item() == 0
+
+
+def cholesky_factor(hessian: Tensor, p: int) -> Tensor:
+    """The float64 CPU lower Cholesky factor of a ``(p, p)`` positive-definite ``hessian``."""
+    if hessian.shape != (p, p):
+        raise ValueError(
+            f"the preconditioning Hessian must be ({p}, {p}) for {p} parameters, got {tuple(hessian.shape)}"
+        )
+    chol, info = torch.linalg.cholesky_ex(hessian.detach().cpu().double())
+    if info.item() != 0:
+        raise ValueError("the preconditioning Hessian is not positive definite; add L2 strength or pass hessian=None")
+    return chol
+
+
+def objective_and_gradient(
+    task: Task, theta: Tensor, inputs: Tensor, targets: Tensor, n: int, weights: Tensor | None
+) -> tuple[float, Tensor]:
+    """The objective's value and its gradient (float64, CPU) at ``theta``."""
+    theta = theta.detach().requires_grad_(True)
+    value = task.objective(theta, inputs, targets, n, weights)
+    (g,) = torch.autograd.grad(value, theta)
+    return value.item(), g.detach().cpu().double()
 
 
 @dataclass(frozen=True)

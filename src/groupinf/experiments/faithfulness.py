@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from groupinf.baselines import tracin_scores, trak_scores
 from groupinf.curvature import Damping
+from groupinf.curvature.dense import exact_hessian
 from groupinf.data import Dataset, load_dataset
 from groupinf.data.transforms import standardize
 from groupinf.experiments.class_pairs import class_pair_interactions
@@ -38,7 +39,7 @@ from groupinf.influence import TARGET_KINDS, GroupInfluence
 from groupinf.models import linear_model, loss_for, mlp, resnet9, weight_parameters
 from groupinf.target import mean_loss
 from groupinf.task import Task
-from groupinf.training import SGDConfig, fit_convex, train_sgd
+from groupinf.training import SGDConfig, fit_convex, is_positive_definite, train_sgd
 
 INFLUENCE_METHODS = ("F", "F+I", "F+B", "F+I+B")
 METHODS = (*INFLUENCE_METHODS, "TRAK", "TracIn")
@@ -56,6 +57,7 @@ class FaithfulnessConfig:
     groups: int = 50
     group_size: int | None = None  # default: 5 % of the training set (anchor included)
     seed: int = 0
+    draws: int = 1  # independent anchor draws, seeds seed, seed + 1, …
     distinct_groups: bool = False
     damping: Damping = 0.0
     curvature: str = "exact"
@@ -79,6 +81,8 @@ class FaithfulnessConfig:
             raise ValueError(f"target curvature must be one of {TARGET_KINDS}, got {self.target_curvature!r}")
         if self.groups < 2:
             raise ValueError(f"a rank correlation needs at least 2 groups, got {self.groups}")
+        if self.draws < 1:
+            raise ValueError(f"draws must be >= 1, got {self.draws}")
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
         unknown = set(self.methods) - set(METHODS)
@@ -92,7 +96,10 @@ class FaithfulnessConfig:
         return 1 if self.model == "lr" else self.seeds
 
     def fingerprint(self, data_fingerprint: str) -> str:
-        """A short hash of the settings and the (standardised) data that change the trained models and groups."""
+        """A short hash of the settings and the (standardised) data that change the trained models and groups.
+
+        ``draws`` is left out: draw ``r`` always has anchor seed ``seed + r``, so more draws only append groups.
+        """
         keys = ("data", "data_dir", "model", "hidden", "width", "groups", "group_size", "seed", "distinct_groups", "l2")
         keys += ("sgd", "seeds", "max_train", "max_test")
         settings = {k: getattr(self, k) for k in keys} | {"data_fingerprint": data_fingerprint}
@@ -130,11 +137,13 @@ def build_task(data: Dataset, l2: float) -> tuple[Task, dict[str, Tensor]]:
 
 def retrain_convex_job(shared: dict, job: list[int]) -> dict:
     """Convex models: the mean test loss ``f(θ*_{D\\G})`` after L-BFGS without the examples ``job``,
-    warm-started from ``shared["theta"]``."""
+    warm-started from ``shared["theta"]`` and preconditioned by the Hessian there."""
     task, X = shared["task"], shared["X_train"]
     weights = torch.ones(len(X), dtype=X.dtype)
     weights[torch.as_tensor(job)] = 0.0
-    theta_minus = fit_convex(task, shared["theta"], X, shared["y_train"], len(X), weights=weights)
+    theta_minus = fit_convex(
+        task, shared["theta"], X, shared["y_train"], len(X), weights=weights, hessian=shared["hessian"]
+    )
     return {"f": task.target.value(task, theta_minus).item()}
 
 
@@ -147,7 +156,12 @@ def retraining_truth(
     task: Task, theta: Tensor, tensors: dict[str, Tensor], groups: list[np.ndarray], cache_dir: Path
 ) -> list[float]:
     """Convex models: ``Δf(−G)`` per group, resumable (``run_jobs`` in this process: each L-BFGS is fast)."""
-    shared = {"task": task, "theta": theta, "X_train": tensors["X_train"], "y_train": tensors["y_train"]}
+    X, y = tensors["X_train"], tensors["y_train"]
+    hessian = exact_hessian(task, theta, X, y, len(X))
+    # Preconditioning needs a positive-definite Hessian. A singular one (no L2, a constant feature) leaves
+    # plain L-BFGS to find the minimiser, and the estimators then report the singularity.
+    preconditioner = hessian if is_positive_definite(hessian) else None
+    shared = {"task": task, "theta": theta, "X_train": X, "y_train": y, "hessian": preconditioner}
     jobs = {group_key(m, group): group.tolist() for m, group in enumerate(groups)}
     values = run_jobs(retrain_convex_job, jobs, cache_dir, shared, desc="retraining")
     base = task.target.value(task, theta).item()
@@ -249,8 +263,41 @@ def load_network(config: FaithfulnessConfig, shared: dict, path: Path) -> nn.Mod
     return model.double().eval()
 
 
+def draw_groups(config: FaithfulnessConfig, embedding: np.ndarray, group_size: int) -> list[np.ndarray]:
+    """``config.draws`` draws of ``config.groups`` nearest-neighbour groups, draw ``r`` with anchor seed
+    ``config.seed + r``, concatenated: draw ``r`` holds groups ``r·groups … (r + 1)·groups − 1``."""
+    return [
+        group
+        for r in range(config.draws)
+        for group in nearest_neighbour_groups(
+            embedding, config.groups, group_size, config.seed + r, config.distinct_groups
+        )
+    ]
+
+
 def spearman(estimates: dict[str, np.ndarray], truth: list[float]) -> dict[str, float]:
     return {k: float(spearmanr(v, truth).statistic) for k, v in estimates.items()}
+
+
+def spearman_by_draw(estimates: dict[str, np.ndarray], truth: list[float], draws: int) -> list[dict[str, float]]:
+    """The Spearman correlation of every method within each draw (equal consecutive blocks of groups)."""
+    size = len(truth) // draws
+    blocks = [slice(r * size, (r + 1) * size) for r in range(draws)]
+    return [spearman({k: v[b] for k, v in estimates.items()}, truth[b]) for b in blocks]
+
+
+def summarise_draws(per_draw: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per method: the mean, standard deviation, minimum and maximum of its Spearman over draws."""
+    return {
+        method: {
+            "mean": float(np.mean(values)),
+            "std": float(np.std(values)),
+            "min": float(np.min(values)),
+            "max": float(np.max(values)),
+        }
+        for method in per_draw[0]
+        for values in [[draw[method] for draw in per_draw]]
+    }
 
 
 def influence_estimates(
@@ -284,7 +331,7 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
         theta = fit_convex(task, task.theta(), X, y, n)
         checkpoints, thetas = [(theta, 1.0)], [theta]
         embedding = task.loss.predictions(task.outputs(theta, X)).detach().numpy()
-        groups = nearest_neighbour_groups(embedding, config.groups, group_size, config.seed, config.distinct_groups)
+        groups = draw_groups(config, embedding, group_size)
         timings["train"] = time.perf_counter() - start
         start = time.perf_counter()
         truth = retraining_truth(task, theta, tensors, groups, work / "retrain")
@@ -308,7 +355,7 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
         task = Task(model, loss_for(data.kind, data.num_classes), config.l2, target)
         theta = task.theta()
         embedding = task.loss.predictions(task.outputs(theta, X)).detach().numpy()
-        groups = nearest_neighbour_groups(embedding, config.groups, group_size, config.seed, config.distinct_groups)
+        groups = draw_groups(config, embedding, group_size)
         timings["train"] = time.perf_counter() - start
         start = time.perf_counter()
         per_seed = network_ground_truth(config, shared, groups, work)
@@ -340,18 +387,31 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
         estimates["TracIn"] = group_sums(valid, scores).numpy()
         runtimes["TracIn"] = time.perf_counter() - start
 
+    per_draw = spearman_by_draw(estimates, truth, config.draws)
+    summary = summarise_draws(per_draw)
     results = {
         "config": json.loads(json.dumps(asdict(config), default=str)),
         "n_train": n,
         "group_size": group_size,
         "damping": influence.curvature.damping,
-        "spearman": spearman(estimates, truth),
+        # One draw: its Spearman; several: the mean over draws, each draw's in spearman_per_draw.
+        "spearman": {method: stats["mean"] for method, stats in summary.items()},
         "runtime_s": timings | {"methods": runtimes},
         "groups": [
-            {"indices": g.tolist(), "truth": t, "estimates": {k: float(v[m]) for k, v in estimates.items()}}
+            {
+                "indices": g.tolist(),
+                "truth": t,
+                "estimates": {k: float(v[m]) for k, v in estimates.items()},
+                "anchor_seed": config.seed + m // config.groups,
+            }
             for m, (g, t) in enumerate(zip(groups, truth, strict=True))
         ],
     }
+    if config.draws > 1:
+        results["spearman_per_draw"] = [
+            {"anchor_seed": config.seed + r, "spearman": values} for r, values in enumerate(per_draw)
+        ]
+        results["spearman_summary"] = summary
     if per_seed is not None:
         for record, effects in zip(results["groups"], per_seed, strict=True):
             record["truth_per_seed"] = effects.tolist()
@@ -361,7 +421,8 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
         sweep = {}
         for value in tqdm(config.damping_sweep, desc="damping sweep"):
             swept, _ = influence_estimates(config, task, theta, tensors, groups, value)
-            sweep[str(value)] = spearman(swept, truth)
+            swept_summary = summarise_draws(spearman_by_draw(swept, truth, config.draws))
+            sweep[str(value)] = {method: stats["mean"] for method, stats in swept_summary.items()}
         results["damping_sweep"] = sweep
     if config.class_pairs:
         if data.kind != "classification":
@@ -382,12 +443,28 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
 
 
 def format_table(results: dict) -> str:
-    """A markdown table of the Spearman correlations and each method's run time."""
+    """A markdown table of the Spearman correlations and each method's run time (with several draws: their
+    mean, spread and a table of every draw)."""
     runtimes = results["runtime_s"]["methods"]
-    lines = ["| method | Spearman | run time (s) |", "|---|---|---|"]
+    summary = results.get("spearman_summary")
+    if summary is None:
+        lines = ["| method | Spearman | run time (s) |", "|---|---|---|"]
+    else:
+        draws = len(results["spearman_per_draw"])
+        lines = [
+            f"| method | Spearman, mean of {draws} draws | std | min | max | run time (s) |",
+            "|---|---|---|---|---|---|",
+        ]
     for method, value in results["spearman"].items():
         seconds = runtimes.get(method, runtimes.get("F+I and F+B family"))
-        lines.append(f"| {method} | {value:.4f} | {seconds:.2f} |")
+        spread = "" if summary is None else " {std:.4f} | {min:.4f} | {max:.4f} |".format(**summary[method])
+        lines.append(f"| {method} | {value:.4f} |{spread} {seconds:.2f} |")
+    if summary is not None:
+        methods = list(results["spearman"])
+        lines += ["", "| anchor seed | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+        for draw in results["spearman_per_draw"]:
+            cells = " | ".join(f"{draw['spearman'][m]:.4f}" for m in methods)
+            lines.append(f"| {draw['anchor_seed']} | {cells} |")
     agreement = results.get("truth_seed_agreement")
     if agreement is not None:
         ceiling = max(agreement["reliability"], 0.0) ** 0.5
