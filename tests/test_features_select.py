@@ -131,6 +131,8 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
     }
     paper = cli.build_parser().parse_args(["select", "--preset", "paper", "--cosine", "--k", "1", "--out", "x"])
     assert cli.pool_config(paper).sgd == SGDConfig(epochs=200, lr=0.01, cosine=True)
+    constant = cli.build_parser().parse_args(["select", "--no-cosine", "--k", "1", "--out", "x"])
+    assert cli.pool_config(constant).sgd == SGDConfig(epochs=100, lr=0.05, cosine=False)
     assert set(results["results"]) == {"F+I", "F", "F+B", "F+I+B", "random"}
     for rows in results["results"].values():
         assert set(rows) == {"5", "10"}

@@ -113,7 +113,12 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--epochs", type=int, default=None, help="SGD epochs of θ* and every retraining")
     parser.add_argument("--lr", type=float, default=None, help="SGD learning rate of θ* and every retraining")
-    parser.add_argument("--cosine", action="store_true", help="cosine learning-rate schedule")
+    parser.add_argument(
+        "--cosine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cosine learning-rate schedule, or (--no-cosine) a constant rate (default: the preset's)",
+    )
 
 
 def add_select(commands: argparse._SubParsersAction) -> None:
@@ -162,8 +167,8 @@ def pool_config(args: argparse.Namespace, **extra: object):
     from groupinf.experiments.selection_eval import PRESETS, with_overrides
 
     changes = {k: getattr(args, k) for k in ("epochs", "lr") if getattr(args, k) is not None}
-    if args.cosine:
-        changes["cosine"] = True
+    if args.cosine is not None:
+        changes["cosine"] = args.cosine
     sgd = replace(PRESETS[args.preset].sgd, **changes) if changes else None
     return with_overrides(
         args.preset,
