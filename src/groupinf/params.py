@@ -32,14 +32,7 @@ class ParamSpace:
         if names is None:
             chosen = [n for n, p in available.items() if p.requires_grad]
         else:
-            chosen = list(names)
-            unknown = [n for n in chosen if n not in available]
-            if unknown:
-                raise ValueError(f"unknown parameter names {unknown}; the model has {list(available)}")
-            if len(set(chosen)) != len(chosen):
-                raise ValueError(f"parameter names must be unique, got {chosen}")
-            order = {n: i for i, n in enumerate(available)}
-            chosen.sort(key=order.__getitem__)
+            chosen = in_model_order(names, list(available), "parameter")
         if not chosen:
             raise ValueError("no parameters selected: the model has no parameter that requires grad")
         return cls(tuple(chosen), tuple(available[n].shape for n in chosen))
@@ -83,3 +76,16 @@ class ParamSpace:
         with torch.no_grad():
             for name, value in self.unflatten(theta).items():
                 named[name].copy_(value)
+
+
+def in_model_order(requested: Iterable[str], available: list[str], what: str) -> list[str]:
+    """``requested`` names sorted into their order in ``available`` (a model's parameter or module names);
+    an unknown or repeated name is a ``ValueError`` naming ``what`` they are ("parameter", "module")."""
+    chosen = list(requested)
+    unknown = [n for n in chosen if n not in available]
+    if unknown:
+        raise ValueError(f"unknown {what} names {unknown}; the model has {[n for n in available if n]}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"{what} names must be unique, got {chosen}")
+    order = {n: i for i, n in enumerate(available)}
+    return sorted(chosen, key=order.__getitem__)

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from groupinf.params import ParamSpace
+from groupinf.params import ParamSpace, in_model_order
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
@@ -150,13 +150,7 @@ def find_layers(model: nn.Module, space: ParamSpace, modules: Sequence[str] | No
             if any((f"{name}.{p}" if name else p) in space.names for p, _ in module.named_parameters(recurse=False))
         ]
     else:
-        unknown = [m for m in modules if m not in named]
-        if unknown:
-            raise ValueError(f"unknown module names {unknown}; the model has {[n for n in named if n]}")
-        if len(set(modules)) != len(modules):
-            raise ValueError(f"module names must be unique, got {list(modules)}")
-        order = {n: i for i, n in enumerate(named)}
-        chosen = sorted(modules, key=order.__getitem__)
+        chosen = in_model_order(modules, list(named), "module")
     if not chosen:
         raise ValueError("no layer to cover: no module owns one of the task's parameters")
     for name in chosen:
