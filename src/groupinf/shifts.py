@@ -7,7 +7,6 @@ For models whose ``N × p`` shifts do not fit in memory: the examples are proces
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from groupinf.curvature import Curvature
+from groupinf.digests import content_digest
 from groupinf.gradients import per_example_gradients
 from groupinf.influence import compute_shifts
 from groupinf.store import load_store, open_store
 from groupinf.task import Task
-
-
-def fingerprint(*tensors: Tensor) -> str:
-    """SHA-256 of the tensors' shapes, dtypes and bytes (identifies θ and the data a store was made from)."""
-    digest = hashlib.sha256()
-    for t in tensors:
-        digest.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def stream_shifts(
@@ -68,8 +59,8 @@ def stream_shifts(
         "params": list(task.space.names),
         "curvature": type(curvature).__name__,
         "damping": float(curvature.damping),
-        "theta": fingerprint(theta),
-        "data": fingerprint(inputs, targets),
+        "theta": content_digest(theta),
+        "data": content_digest(inputs, targets),
         **(meta or {}),
     }
     store = open_store(path, (len(inputs), task.space.numel), dtype, shard_size, header, overwrite=overwrite)

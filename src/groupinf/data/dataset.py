@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+from groupinf.digests import content_digest
 
 TaskKind = Literal["classification", "regression"]
 
@@ -59,11 +60,7 @@ class Dataset:
 
     def fingerprint(self) -> str:
         """A short SHA-256 of the four arrays (shapes, dtypes, bytes): caches keyed by it go stale with the data."""
-        digest = hashlib.sha256()
-        for array in (self.X_train, self.y_train, self.X_test, self.y_test):
-            digest.update(f"{array.shape}{array.dtype}".encode())
-            digest.update(np.ascontiguousarray(array).tobytes())
-        return digest.hexdigest()[:16]
+        return content_digest(self.X_train, self.y_train, self.X_test, self.y_test)[:16]
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
