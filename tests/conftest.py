@@ -34,3 +34,21 @@ def breast_cancer() -> Dataset:
     X, y = load_breast_cancer(return_X_y=True)
     a, b, c, d = train_test_split(X.astype(np.float32), y, test_size=0.3, stratify=y, random_state=0)
     return standardize(Dataset("breast_cancer", a, c, b, d, "classification"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny problems: on a shared 2-core machine intra-op threads only wait
+    on each other (5-10x slower). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def private_datasets_cache(tmp_path, monkeypatch):
+    """A per-test Hugging Face ``datasets`` cache, so no test reads what another one wrote."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")

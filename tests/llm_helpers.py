@@ -8,7 +8,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import torch
 
 import groupinf
@@ -19,19 +18,6 @@ SRC = Path(groupinf.__file__).resolve().parents[1]
 
 #: small extraction settings: float32 store (exact comparisons), several shards, several batches per shard
 TINY_EXTRACT = ExtractConfig(r_in=2, r_out=3, batch_size=4, shard_size=8, dtype="float32", max_length=48)
-
-
-@pytest.fixture(autouse=True)
-def llm_test_environment(tmp_path, monkeypatch):
-    """Import into a test module to run its tests with a private ``datasets`` cache and one torch thread
-    (the tiny model's small kernels ran 5x slower on two threads while other jobs shared the two cores)."""
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)

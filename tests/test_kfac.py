@@ -34,13 +34,7 @@ from groupinf.task import Task
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: intra-op threads only add contention on a shared 2-core machine (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------- problems
@@ -312,14 +306,18 @@ def _small_task(kind: str) -> tuple[Task, Tensor, Tensor, Tensor]:
     return task, task.theta(), X, y
 
 
+def _task_of_kind(kind: str, mlp: tuple, cnn: tuple) -> tuple[Task, Tensor, Tensor, Tensor]:
+    """The first 50 examples of the ``mlp``/``cnn`` fixtures, or a ``_small_task`` (sequence, shared)."""
+    if kind in ("mlp", "cnn"):
+        task, theta, X, y, _, _ = mlp if kind == "mlp" else cnn
+        return task, theta, X[:50], y[:50]
+    return _small_task(kind)
+
+
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "sequence", "shared"])
 def test_ekfac_eigenvalues_equal_explicit_per_example_gradients(kind, mlp, cnn):
     """The rank-one matmul (MLP) and the batched (Q_Sᵀ S_iᵀ)(A_i Q_A) path (conv, tokens, shared) vs brute force."""
-    if kind in ("mlp", "cnn"):
-        task, theta, X, y, _, _ = mlp if kind == "mlp" else cnn
-        X, y = X[:50], y[:50]
-    else:
-        task, theta, X, y = _small_task(kind)
+    task, theta, X, y = _task_of_kind(kind, mlp, cnn)
     batches = tensor_batches(X, y, 16)
     factors = fit_factors(task, theta, batches)
     values = corrected_eigenvalues(task, theta, batches, factors)
@@ -543,11 +541,7 @@ def test_ekfac_is_closer_to_the_dense_gauss_newton_than_kfac(problem, mlp, cnn):
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "sequence", "shared"])
 def test_gradient_products_without_per_example_gradients(kind, mlp, cnn):
-    if kind in ("mlp", "cnn"):
-        task, theta, X, y, _, _ = mlp if kind == "mlp" else cnn
-        X, y = X[:50], y[:50]
-    else:
-        task, theta, X, y = _small_task(kind)
+    task, theta, X, y = _task_of_kind(kind, mlp, cnn)
     M = torch.randn(4, theta.numel(), generator=torch.Generator().manual_seed(1), dtype=DT)
     products = gradient_products(task, theta, tensor_batches(X, y, 16), M)
     grads = per_example_gradients(task, theta, X, y)

@@ -11,7 +11,8 @@ import pytest
 from groupinf.llm.config import ExtractConfig, SelectConfig, WarmupConfig, add_options, load_config
 from groupinf.llm.data import IGNORE_INDEX, collate, encode, load_records
 from groupinf.llm.tiny import SPECIAL, synthetic_records, train_tokenizer, write_jsonl
-from llm_helpers import llm_test_environment  # noqa: F401 (an autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread", "private_datasets_cache")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CONVERSATION = {

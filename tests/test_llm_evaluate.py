@@ -21,14 +21,7 @@ from groupinf.llm.evaluate import (
 from groupinf.llm.models import load_tokenizer
 from groupinf.llm.tiny import save_tiny_model, synthetic_records
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run fastest on one thread; several OpenMP threads on a shared CPU wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -33,11 +33,7 @@ MINI = {
 }
 
 
-@pytest.fixture(autouse=True)
-def private_datasets_cache(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+pytestmark = pytest.mark.usefixtures("private_datasets_cache")
 
 
 def test_toy_pool_has_skills_duplicates_and_mislabels():

@@ -16,13 +16,14 @@ from groupinf.llm.store import GradientStore, StoreSpec
 from llm_helpers import (
     TINY_EXTRACT,
     extract_args,
-    llm_test_environment,  # noqa: F401 (an autouse fixture)
     make_world,
     random_adapter,
     run_module,
     store_bytes,
     subprocess_env,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread", "private_datasets_cache")
 
 
 @pytest.fixture(scope="module")

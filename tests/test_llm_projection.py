@@ -11,10 +11,11 @@ from groupinf.llm.objective import example_seed, response_nll, sample_labels
 from groupinf.llm.projection import Projector, projection_matrix
 from groupinf.llm.tiny import synthetic_records
 from llm_helpers import (
-    llm_test_environment,  # noqa: F401 (an autouse fixture)
     make_world,
     random_adapter,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread", "private_datasets_cache")
 
 CPU = torch.device("cpu")
 

@@ -26,10 +26,11 @@ from groupinf.selection import InteractionFactors, greedy_select, random_select,
 from llm_helpers import (
     TINY_EXTRACT,
     extract_args,
-    llm_test_environment,  # noqa: F401 (an autouse fixture)
     make_world,
     random_adapter,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread", "private_datasets_cache")
 
 #: "a" and "c" share a shape (one group, non-adjacent columns), "b" is the other group
 LAYERS = (
@@ -37,6 +38,7 @@ LAYERS = (
     LayerSpec("b", d_out=8, d_in=8, r_out=3, r_in=2),
     LayerSpec("c", d_out=8, d_in=8, r_out=2, r_in=3),
 )
+
 SETTINGS = {"projection": "gaussian", "seed": 0}
 
 

@@ -14,10 +14,9 @@ from groupinf.cli import main
 from groupinf.llm.config import WarmupConfig
 from groupinf.llm.models import LORA_LAYER, load_model
 from groupinf.llm.warmup import warmup, warmup_indices
-from llm_helpers import (
-    llm_test_environment,  # noqa: F401 (an autouse fixture)
-    make_world,
-)
+from llm_helpers import make_world
+
+pytestmark = pytest.mark.usefixtures("one_thread", "private_datasets_cache")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY_WARMUP = WarmupConfig(
