@@ -25,27 +25,28 @@ def random_problem(C=30, p=12, seed=0, indefinite=True):
     return shifts, Hf, grad_f
 
 
-def brute_objective(S, shifts, Hf, grad_f):
-    """Î_add(S) = −∇fᵀδ_S + ½ δ_Sᵀ H_f δ_S from scratch (0 for the empty set)."""
+def brute_objective(S, shifts, Hf, grad_f, alpha=1.0):
+    """Î_add(S) = −∇fᵀδ_S + α·½ δ_Sᵀ H_f δ_S from scratch (0 for the empty set)."""
     if not S:
         return torch.tensor(0.0, dtype=torch.float64)
     delta_s = shifts[S].sum(0)
-    return -grad_f @ delta_s + 0.5 * delta_s @ Hf @ delta_s
+    return -grad_f @ delta_s + alpha * 0.5 * delta_s @ Hf @ delta_s
 
 
-@pytest.mark.parametrize("indefinite", [False, True])
-def test_greedy_steps_equal_brute_force_marginal_gains(indefinite):
+@pytest.mark.parametrize(("indefinite", "alpha"), [(False, 1.0), (True, 1.0), (False, 7.5), (True, 0.3)])
+def test_greedy_steps_equal_brute_force_marginal_gains(indefinite, alpha):
     shifts, Hf, grad_f = random_problem(indefinite=indefinite)
     factors = InteractionFactors.dense(shifts, DenseCurvature(Hf))
     a = shifts @ grad_f
     k = 12
-    sel = greedy_select(a, k, factors)
+    sel = greedy_select(a, k, factors, interaction_scale=alpha)
+    assert sel.interaction_scale == alpha
     chosen: list[int] = []
     for step in range(k):
-        base = brute_objective(chosen, shifts, Hf, grad_f)
+        base = brute_objective(chosen, shifts, Hf, grad_f, alpha)
         gains = torch.stack(
             [
-                brute_objective([*chosen, c], shifts, Hf, grad_f) - base
+                brute_objective([*chosen, c], shifts, Hf, grad_f, alpha) - base
                 if c not in chosen
                 else torch.tensor(float("inf"))
                 for c in range(len(shifts))
@@ -55,10 +56,33 @@ def test_greedy_steps_equal_brute_force_marginal_gains(indefinite):
         assert int(sel.indices[step]) == best
         torch.testing.assert_close(sel.scores[step], gains[best])
         chosen.append(best)
-    torch.testing.assert_close(sel.scores.sum(), brute_objective(chosen, shifts, Hf, grad_f))
-    torch.testing.assert_close(addition_objective(a, sel.indices, factors), sel.scores.sum())
-    torch.testing.assert_close(marginal_scores(a, sel.indices, factors), sel.scores)
+    torch.testing.assert_close(sel.scores.sum(), brute_objective(chosen, shifts, Hf, grad_f, alpha))
+    torch.testing.assert_close(addition_objective(a, sel.indices, factors, interaction_scale=alpha), sel.scores.sum())
+    torch.testing.assert_close(marginal_scores(a, sel.indices, factors, interaction_scale=alpha), sel.scores)
     assert len(set(sel.indices.tolist())) == k
+
+
+def test_interaction_scale_changes_the_picks_and_equals_rescaled_first_order():
+    """A larger α trades relevance for diversity: the picks differ from α = 1, and they are the picks of
+    α = 1 with ``a_c / α`` (the objective divided by α)."""
+    shifts, Hf, grad_f = random_problem(C=60, seed=3, indefinite=False)
+    factors = InteractionFactors.dense(shifts, DenseCurvature(Hf))
+    a = shifts @ grad_f
+    plain, scaled = greedy_select(a, 15, factors), greedy_select(a, 15, factors, interaction_scale=20.0)
+    assert not torch.equal(plain.indices, scaled.indices)
+    rescaled = greedy_select(a / 20.0, 15, factors)
+    assert torch.equal(scaled.indices, rescaled.indices)
+    torch.testing.assert_close(scaled.scores, 20.0 * rescaled.scores)
+
+
+@pytest.mark.parametrize("alpha", [0.0, -1.0, float("nan"), float("inf"), "auto", True])
+def test_bad_interaction_scale_is_rejected(alpha):
+    shifts, Hf, grad_f = random_problem()
+    factors = InteractionFactors.dense(shifts, DenseCurvature(Hf))
+    with pytest.raises(ValueError, match="interaction scale"):
+        greedy_select(shifts @ grad_f, 3, factors, interaction_scale=alpha)
+    with pytest.raises(ValueError, match="interaction scale"):
+        topk_select(shifts @ grad_f, 3, factors, interaction_scale=alpha)
 
 
 def test_interaction_changes_the_choice_away_from_topk():

@@ -153,14 +153,21 @@ METHODS = ("greedy", "topk", "random")
 
 
 def select_from_features(
-    features: SelectionFeatures, k: int, method: str, terms: str = "F+I", seed: int = 0, progress: bool = False
+    features: SelectionFeatures,
+    k: int,
+    method: str,
+    terms: str = "F+I",
+    seed: int = 0,
+    progress: bool = False,
+    interaction_scale: float = 1.0,
 ) -> Selection:
-    """``k`` candidates by ``method`` (greedy | topk | random) under the objective named by ``terms``."""
+    """``k`` candidates by ``method`` (greedy | topk | random) under the objective named by ``terms``,
+    its interaction term scaled by ``interaction_scale`` (``α``, docs/math.md)."""
     interactions, basu = features.parts(terms)
     if method == "greedy":
-        return greedy_select(features.first_order, k, interactions, basu, progress)
+        return greedy_select(features.first_order, k, interactions, basu, progress, interaction_scale)
     if method == "topk":
-        return topk_select(features.first_order, k, interactions, basu)
+        return topk_select(features.first_order, k, interactions, basu, interaction_scale)
     if method == "random":
         return random_select(features.first_order, k, seed)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")

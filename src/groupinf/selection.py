@@ -1,13 +1,16 @@
 """Data selection over precomputed per-candidate arrays: pure tensor math, CPU or CUDA.
 
-Addition setting (MATH.md, Algorithm 1): choose ``S``, ``|S| = k``, minimising
-``Î_add(S) = −∇fᵀδ_S + ½ δ_Sᵀ H_f δ_S``. Candidate ``c`` has ``a_c = ∇fᵀδ_c`` and interaction
+Addition setting (docs/math.md, Algorithm 1): choose ``S``, ``|S| = k``, minimising
+``Î_add(S) = −∇fᵀδ_S + α·½ δ_Sᵀ H_f δ_S``. Candidate ``c`` has ``a_c = ∇fᵀδ_c`` and interaction
 factors with ``δ_cᵀ H_f δ_c' = left_c · right_c'``; its marginal score given ``S`` is
-``m(c|S) = −a_c + δ_cᵀH_fδ_S + ½ δ_cᵀH_fδ_c`` (lower is better).
+``m(c|S) = −a_c + α(δ_cᵀH_fδ_S + ½ δ_cᵀH_fδ_c)`` (lower is better). ``α`` is the interaction scale
+(1: the paper's objective; ``n/k`` gives the selected examples the weight ``1/k`` of a model retrained on
+``S`` alone instead of the ``1/n`` of θ*'s training set).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -56,13 +59,15 @@ class InteractionFactors:
 class Selection:
     """Selected candidate indices ``(k,)`` in pick order and the marginal score of each pick ``(k,)``.
 
-    ``terms`` names the criterion the scores are of: "F+I" (Eq. 12) or "F" (``−a_c``).
+    ``terms`` names the criterion the scores are of: "F+I" (Eq. 12) or "F" (``−a_c``);
+    ``interaction_scale`` is the ``α`` of its interaction term (1 where it has none).
     """
 
     indices: Tensor
     scores: Tensor
     method: str
     terms: str
+    interaction_scale: float = 1.0
 
 
 def check_budget(k: int, num_candidates: int) -> None:
@@ -70,6 +75,15 @@ def check_budget(k: int, num_candidates: int) -> None:
         raise ValueError("the candidate pool is empty")
     if not 1 <= k <= num_candidates:
         raise ValueError(f"k must be in [1, {num_candidates}] (the pool size), got {k}")
+
+
+def check_interaction_scale(scale: float) -> float:
+    """``α`` as a float, or a ``ValueError`` unless it is a finite number ``> 0``."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ValueError(f"the interaction scale must be a number > 0, got {scale!r}")
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"the interaction scale must be finite and > 0, got {scale}")
+    return float(scale)
 
 
 def check_first_order(first_order: Tensor, factors: InteractionFactors | None = None) -> None:
@@ -129,14 +143,16 @@ def greedy_select(
     interactions: InteractionFactors | None = None,
     basu: BasuFactors | None = None,
     progress: bool = False,
+    interaction_scale: float = 1.0,
 ) -> Selection:
     """Algorithm 1: ``k`` greedy steps, each an ``argmin`` of the marginal score and accumulator updates.
 
     ``first_order`` is ``a_c = ∇fᵀδ_c`` ``(C,)``. With ``interactions`` the objective has the term
-    ``½ δ_Sᵀ H_f δ_S`` (F+I, Eq. 12); with ``basu`` the first-order term becomes Basu's addition
-    response (F+B; both: F+I+B); with neither it is top-k by F. Cost ``O(k·C·d)``, memory ``O(C)``
-    beyond the factors.
+    ``α·½ δ_Sᵀ H_f δ_S`` (F+I, Eq. 12; ``α`` = ``interaction_scale``); with ``basu`` the first-order term
+    becomes Basu's addition response (F+B; both: F+I+B); with neither it is top-k by F. Cost
+    ``O(k·C·d)``, memory ``O(C)`` beyond the factors.
     """
+    alpha = check_interaction_scale(interaction_scale)
     check_first_order(first_order, interactions)
     num = len(first_order)
     check_budget(k, num)
@@ -144,9 +160,9 @@ def greedy_select(
         raise ValueError(f"{num} first-order scores but {len(basu.shifts)} candidates in the Basu factors")
     a = first_order
     zeros = torch.zeros_like(a)
-    self_inter = 0.5 * interactions.self_terms() if interactions is not None else zeros
+    self_inter = 0.5 * alpha * interactions.self_terms() if interactions is not None else zeros
     self_basu = basu.self_terms() if basu is not None else zeros
-    x = torch.zeros_like(a)  # δ_cᵀ H_f δ_S
+    x = torch.zeros_like(a)  # α δ_cᵀ H_f δ_S
     y = torch.zeros_like(a)  # Σ_{s∈S} (w_cᵀδ_s + w_sᵀδ_c)
     a_set = torch.zeros((), dtype=a.dtype, device=a.device)
     k_set = torch.zeros((), dtype=a.dtype, device=a.device)
@@ -167,13 +183,13 @@ def greedy_select(
         scores[step] = score[best]
         taken[best] = True
         if interactions is not None:
-            x.addmv_(interactions.left, interactions.right[best])
+            x.addmv_(interactions.left, interactions.right[best], alpha=alpha)
         if basu is not None:
             a_set += a[best]
             k_set += self_basu[best] + y[best]
             y.addmv_(basu.response, basu.shifts[best]).addmv_(basu.shifts, basu.response[best])
     terms = "F" + ("+I" if interactions is not None else "") + ("+B" if basu is not None else "")
-    return Selection(indices, scores, "greedy", terms)
+    return Selection(indices, scores, "greedy", terms, alpha if interactions is not None else 1.0)
 
 
 def topk_select(
@@ -181,11 +197,13 @@ def topk_select(
     k: int,
     interactions: InteractionFactors | None = None,
     basu: BasuFactors | None = None,
+    interaction_scale: float = 1.0,
 ) -> Selection:
     """The ``k`` best candidates by their own (singleton) objective, best first.
 
     With neither factor this is "Additive IF": the largest ``a_c``, scores ``−a_c``.
     """
+    alpha = check_interaction_scale(interaction_scale)
     check_first_order(first_order, interactions)
     check_budget(k, len(first_order))
     single = -first_order
@@ -193,10 +211,10 @@ def topk_select(
         c1, c2 = basu.coefficients(1)
         single = -c1 * first_order + c2 * basu.self_terms()
     if interactions is not None:
-        single = single + 0.5 * interactions.self_terms()
+        single = single + 0.5 * alpha * interactions.self_terms()
     values, indices = torch.topk(single, k, largest=False)
     terms = "F" + ("+I" if interactions is not None else "") + ("+B" if basu is not None else "")
-    return Selection(indices, values, "topk", terms)
+    return Selection(indices, values, "topk", terms, alpha if interactions is not None else 1.0)
 
 
 def random_select(first_order: Tensor, k: int, seed: int = 0) -> Selection:
@@ -213,10 +231,14 @@ def marginal_scores(
     indices: Tensor,
     interactions: InteractionFactors | None = None,
     basu: BasuFactors | None = None,
+    interaction_scale: float = 1.0,
 ) -> Tensor:
     """Marginal score of each pick of any ordered selection ``(k,)``: differences of the objective
     over its prefixes, from scratch (``O(k³d)``; for reports and tests, not for large ``k``)."""
-    prefix = [addition_objective(first_order, indices[: t + 1], interactions, basu) for t in range(len(indices))]
+    prefix = [
+        addition_objective(first_order, indices[: t + 1], interactions, basu, interaction_scale)
+        for t in range(len(indices))
+    ]
     values = torch.stack(prefix)
     return values - torch.cat([values.new_zeros(1), values[:-1]])
 
@@ -226,14 +248,16 @@ def addition_objective(
     indices: Tensor,
     interactions: InteractionFactors | None = None,
     basu: BasuFactors | None = None,
+    interaction_scale: float = 1.0,
 ) -> Tensor:
     """The objective greedy minimises, from scratch (a scalar): ``−Σ_{c∈S} a_c`` (or Basu's
-    ``−c₁ a_S + c₂ K_S``) plus ``½ Σ_{i,j∈S} δ_iᵀ H_f δ_j`` when ``interactions`` are given."""
+    ``−c₁ a_S + c₂ K_S``) plus ``α·½ Σ_{i,j∈S} δ_iᵀ H_f δ_j`` when ``interactions`` are given."""
+    alpha = check_interaction_scale(interaction_scale)
     a_set = first_order[indices].sum()
     value = -a_set
     if basu is not None:
         c1, c2 = basu.coefficients(len(indices))
         value = -c1 * a_set + c2 * (basu.response[indices] @ basu.shifts[indices].T).sum()
     if interactions is not None:
-        value = value + 0.5 * (interactions.left[indices] @ interactions.right[indices].T).sum()
+        value = value + 0.5 * alpha * (interactions.left[indices] @ interactions.right[indices].T).sum()
     return value
