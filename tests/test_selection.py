@@ -75,6 +75,16 @@ def test_interaction_scale_changes_the_picks_and_equals_rescaled_first_order():
     torch.testing.assert_close(scaled.scores, 20.0 * rescaled.scores)
 
 
+def test_parse_interaction_scale():
+    from groupinf.selection import parse_interaction_scale
+
+    assert parse_interaction_scale("auto") == "auto"
+    assert parse_interaction_scale("2.5") == 2.5 and parse_interaction_scale(4) == 4.0
+    for bad in ("0", "-1", "nan", "inf", "big", True):
+        with pytest.raises(ValueError, match="interaction scale"):
+            parse_interaction_scale(bad)
+
+
 @pytest.mark.parametrize("alpha", [0.0, -1.0, float("nan"), float("inf"), "auto", True])
 def test_bad_interaction_scale_is_rejected(alpha):
     shifts, Hf, grad_f = random_problem()

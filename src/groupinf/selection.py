@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -84,6 +85,22 @@ def check_interaction_scale(scale: float) -> float:
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"the interaction scale must be finite and > 0, got {scale}")
     return float(scale)
+
+
+#: ``α`` as users give it: a number > 0, or "auto" (chosen on held-out target data)
+InteractionScale = float | Literal["auto"]
+
+
+def parse_interaction_scale(text: str | float) -> InteractionScale:
+    """A number ``> 0`` (as text or a number), or ``"auto"``; ``ValueError`` for anything else."""
+    if text == "auto":
+        return "auto"
+    if isinstance(text, str):
+        try:
+            text = float(text)
+        except ValueError:
+            raise ValueError(f"the interaction scale must be a number > 0 or 'auto', got {text!r}") from None
+    return check_interaction_scale(text)
 
 
 def check_first_order(first_order: Tensor, factors: InteractionFactors | None = None) -> None:
