@@ -135,6 +135,9 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
     constant = cli.build_parser().parse_args(["select", "--no-cosine", "--k", "1", "--out", "x"])
     assert cli.pool_config(constant).sgd == SGDConfig(epochs=100, lr=0.05, cosine=False)
     assert set(results["results"]) == set(METHODS)
+    # the bounds show the comparison can discriminate: training on the pool beats no training by far
+    bounds = results["bounds"]
+    assert bounds["full pool"]["test_loss_mean"] < 0.5 * bounds["no training"]["test_loss_mean"]
     for rows in results["results"].values():
         assert set(rows) == {"5", "10"}
         assert all(np.isfinite(r["test_loss_mean"]) and 0 <= r["class_entropy"] <= np.log(10) for r in rows.values())

@@ -180,13 +180,15 @@ def shared_data(config: SelectionEvalConfig, problem: SelectionProblem) -> dict[
 
 
 def train_model(shared: dict, job: dict) -> dict:
-    """Train a fresh MLP (seeded) on the pool subset ``job["indices"]``: its test loss and accuracy and
-    its mean loss on each fold of the target set."""
+    """Train a fresh MLP (seeded) on the pool subset ``job["indices"]`` (none: the untrained model): its
+    test loss and accuracy and its mean loss on each fold of the target set."""
     config: SelectionEvalConfig = shared["config"]
-    idx = torch.as_tensor(job["indices"])
+    idx = torch.as_tensor(job["indices"], dtype=torch.long)
     torch.manual_seed(job["seed"])
     model = mlp(shared["X_pool"].shape[1], shared["num_classes"], config.hidden, config.dropout)
-    train_sgd(model, CrossEntropy(), shared["X_pool"][idx], shared["y_pool"][idx], config.sgd, seed=job["seed"])
+    if len(idx):
+        train_sgd(model, CrossEntropy(), shared["X_pool"][idx], shared["y_pool"][idx], config.sgd, seed=job["seed"])
+    model.eval()
     with torch.no_grad():
         logits = model(shared["X_test"])
         loss = CrossEntropy()(logits, shared["y_test"]).mean().item()
@@ -412,7 +414,20 @@ def run_selection_eval(config: SelectionEvalConfig, out: Path) -> dict:
             for seed in range(config.seeds):
                 keys[(name, str(k), seed)], job = subset_job(draws[seed % len(draws)], seed)
                 jobs[keys[(name, str(k), seed)]] = job
+    bound_subsets = {"no training": [], "full pool": range(len(problem.X_pool))}
+    for bound, subset in bound_subsets.items():
+        for seed in range(config.seeds):
+            keys[(bound, "", seed)], job = subset_job(subset, seed)
+            jobs[keys[(bound, "", seed)]] = job
     trained = retrain(jobs)
+    bounds = {}
+    for bound in bound_subsets:
+        runs = [trained[keys[(bound, "", s)]] for s in range(config.seeds)]
+        bounds[bound] = {
+            "test_loss_mean": float(np.mean([r["test_loss"] for r in runs])),
+            "test_loss_std": float(np.std([r["test_loss"] for r in runs])),
+            "test_accuracy_mean": float(np.mean([r["test_accuracy"] for r in runs])),
+        }
 
     labels = problem.y_pool.numpy()
     table: dict[str, dict[str, dict[str, Any]]] = {}
@@ -439,6 +454,7 @@ def run_selection_eval(config: SelectionEvalConfig, out: Path) -> dict:
         "config": json.loads(json.dumps(asdict(config), default=str)),
         "regime": config.regime.name,
         "max_entropy": float(np.log(problem.num_classes)),
+        "bounds": bounds,
         "results": table,
         "interaction_scale": {"setting": config.interaction_scale, "per_budget": scales, "auto": scale_choice},
         "selections": {name: {k: [d.tolist() for d in v] for k, v in rows.items()} for name, rows in picks.items()},
@@ -464,7 +480,11 @@ def format_table(results: dict) -> str:
     table = results["results"]
     budgets = list(next(iter(table.values())))
     header = ["| method | " + " | ".join(f"k={k}" for k in budgets) + " |", "|---|" + "---|" * len(budgets)]
-    sections = [f"Regime: {results['regime']}", "", "Test loss (mean ± std over seeds)", "", *header]
+    bounds = ", ".join(
+        f"{name} {row['test_loss_mean']:.3f} ± {row['test_loss_std']:.3f}" for name, row in results["bounds"].items()
+    )
+    sections = [f"Regime: {results['regime']}", "", f"Test loss (mean ± std over seeds); bounds: {bounds}", ""]
+    sections += header
     sections += [
         f"| {name} | "
         + " | ".join(f"{rows[k]['test_loss_mean']:.3f} ± {rows[k]['test_loss_std']:.3f}" for k in budgets)
@@ -522,7 +542,9 @@ def plot(results: dict, path: Path) -> None:
         axes[1].plot(budgets, [rows[str(k)]["class_entropy"] for k in budgets], **style)
         if purity_keys:
             axes[2].plot(budgets, [rows[str(k)]["purity"][purity_keys[0]] for k in budgets], **style)
-    axes[1].axhline(results["max_entropy"], color="grey", linestyle=":", label="uniform")
+    for (name, bound), line in zip(results["bounds"].items(), (":", "-."), strict=True):
+        axes[0].axhline(bound["test_loss_mean"], color="grey", linestyle=line, label=name)
+    axes[1].axhline(results["max_entropy"], color="grey", linestyle=":", label="uniform entropy")
     axes[0].set(xlabel="budget k", ylabel="test loss", title=f"Test loss after retraining ({results['regime']})")
     axes[1].set(xlabel="budget k", ylabel="class entropy (nats)", title="Class entropy of the selection")
     if purity_keys:
@@ -532,7 +554,10 @@ def plot(results: dict, path: Path) -> None:
         ax.minorticks_off()
         ax.set_xticks(budgets, [str(k) for k in budgets])
         ax.grid(alpha=0.3)
-    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+    handles, labels = axes[0].get_legend_handles_labels()
+    uniform, uniform_label = axes[1].get_legend_handles_labels()
+    handles, labels = handles + uniform[-1:], labels + uniform_label[-1:]
+    axes[-1].legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
     save(fig, path)
 
 
