@@ -384,6 +384,16 @@ def select_all(
     return picks
 
 
+def seed_summary(runs: list[dict]) -> dict[str, float]:
+    """Test loss (mean and std) and mean test accuracy over the retraining seeds of one subset."""
+    losses = [run["test_loss"] for run in runs]
+    return {
+        "test_loss_mean": float(np.mean(losses)),
+        "test_loss_std": float(np.std(losses)),
+        "test_accuracy_mean": float(np.mean([run["test_accuracy"] for run in runs])),
+    }
+
+
 def run_selection_eval(config: SelectionEvalConfig, out: Path) -> dict:
     """Run the protocol; write ``results.json``, ``results.md`` and ``selection.png`` under
     ``out/<problem hash>/<features hash>/`` (returned as ``"out"``)."""
@@ -420,27 +430,17 @@ def run_selection_eval(config: SelectionEvalConfig, out: Path) -> dict:
             keys[(bound, "", seed)], job = subset_job(subset, seed)
             jobs[keys[(bound, "", seed)]] = job
     trained = retrain(jobs)
-    bounds = {}
-    for bound in bound_subsets:
-        runs = [trained[keys[(bound, "", s)]] for s in range(config.seeds)]
-        bounds[bound] = {
-            "test_loss_mean": float(np.mean([r["test_loss"] for r in runs])),
-            "test_loss_std": float(np.std([r["test_loss"] for r in runs])),
-            "test_accuracy_mean": float(np.mean([r["test_accuracy"] for r in runs])),
-        }
+    seeds = range(config.seeds)
+    bounds = {bound: seed_summary([trained[keys[(bound, "", s)]] for s in seeds]) for bound in bound_subsets}
 
     labels = problem.y_pool.numpy()
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for name in names:
         table[name] = {}
         for k in config.budgets:
-            runs = [trained[keys[(name, str(k), s)]] for s in range(config.seeds)]
             draws = picks[name][str(k)]
             purity = [problem.purity(d) for d in draws]
-            row = {
-                "test_loss_mean": float(np.mean([r["test_loss"] for r in runs])),
-                "test_loss_std": float(np.std([r["test_loss"] for r in runs])),
-                "test_accuracy_mean": float(np.mean([r["test_accuracy"] for r in runs])),
+            row = seed_summary([trained[keys[(name, str(k), s)]] for s in range(config.seeds)]) | {
                 "class_entropy": float(np.mean([class_entropy(labels[d], problem.num_classes) for d in draws])),
                 "class_counts": np.mean([np.bincount(labels[d], minlength=problem.num_classes) for d in draws], axis=0)
                 .astype(float)
