@@ -56,8 +56,9 @@ class SelectionEvalConfig:
     """One §5.1 run. ``preset`` "cpu" is scaled to 2 CPU cores; "paper" follows Table 3 / App. E.
 
     ``pool_size`` None: ``default_pool_size`` candidates, or all of ``X`` for a data set with its own
-    target split. ``interaction_scale`` is F+I's ``α`` (a number, or "auto"); F+I+B keeps the paper's
-    ``α = 1``. ``scale_sweep`` adds one F+I row per fixed ``α`` (named ``F+I α=…``).
+    target split. ``interaction_scale`` is F+I's ``α``: a number, or "auto" (the default; docs/selection.md
+    measures it against fixed values); F+I+B keeps the paper's ``α = 1``. ``scale_sweep`` adds one F+I row
+    per fixed ``α`` (named ``F+I α=…``).
     """
 
     data: str = "fashion-mnist"
@@ -78,7 +79,7 @@ class SelectionEvalConfig:
     target_curvature: str = "ggn"
     workers: int = 2
     regime: PoolRegime = field(default_factory=PoolRegime)
-    interaction_scale: InteractionScale = 1.0
+    interaction_scale: InteractionScale = "auto"
     scale_grid: tuple[float, ...] = SCALE_GRID
     scale_folds: int = 5
     scale_seeds: int = 1
