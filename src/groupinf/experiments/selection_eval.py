@@ -47,8 +47,8 @@ from groupinf.target import mean_loss
 from groupinf.task import Task
 from groupinf.training import SGDConfig, train_sgd
 
-#: ``α`` values ``auto`` chooses from: powers of two around the paper's 1, up to about ``n/k`` at k = 25
-SCALE_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+#: ``α`` values ``auto`` chooses from: powers of two from near top-k F (1/16) to about ``n/k`` at k = 25 (64)
+SCALE_GRID = tuple(2.0**e for e in range(-4, 7))
 
 
 @dataclass(frozen=True)
