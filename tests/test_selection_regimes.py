@@ -94,7 +94,7 @@ def test_bad_regimes_are_rejected(regime, message):
 
 
 def test_regimes_that_do_not_fit_the_data_are_rejected(digits):
-    with pytest.raises(ValueError, match="labels 0..9"):
+    with pytest.raises(ValueError, match=r"labels 0\.\.9"):
         build_problem(digits, PoolRegime(target_classes=(3, 12)), 300, 100)
     with pytest.raises(ValueError, match="target classes"):
         build_problem(digits, PoolRegime(target_classes=(0,)), 1000, 200)
