@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from groupinf.curvature import Damping
-from groupinf.influence import TARGET_KINDS
 from groupinf.llm.cli import add_llm, run_llm
 from groupinf.selection import InteractionScale, parse_interaction_scale
+from groupinf.target import TARGET_KINDS
 from groupinf.training import ConvergenceError
 
 DATA_HELP = "digits | fashion-mnist | mnist | cifar10 | concrete | parkinsons | PATH.npz | PATH.csv"

@@ -7,46 +7,23 @@ estimates F, I, F+I, F+B and F+I+B for many groups at once, in the removal or ad
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from groupinf import estimators
 from groupinf.curvature import Curvature
-from groupinf.curvature_ops import OperatorCurvature, TargetCurvature
+from groupinf.curvature_ops import TargetCurvature
 from groupinf.estimators import Setting
 from groupinf.gradients import per_example_gradients
 from groupinf.groups import GroupLike, group_sums, validate_groups
 from groupinf.products import loss_ggn_vp, loss_hvp
-from groupinf.target_blocks import BlockDiagonalCurvature
+from groupinf.shifts import compute_shifts
+from groupinf.target import TargetKind, target_curvature
 from groupinf.task import Task
 
 ProductKind = Literal["exact", "ggn"]
-#: ``H_f`` choices: exact Hessian or Gauss–Newton products, whole or restricted to per-layer blocks.
-TargetKind = Literal["exact", "ggn", "block-exact", "block-ggn"]
-TARGET_KINDS: tuple[str, ...] = get_args(TargetKind)
-
-
-def compute_shifts(curvature: Curvature, gradients: Tensor, n: int) -> Tensor:
-    """``δ_i = (1/n) (H + ρI)⁻¹ g_i`` for gradients ``(N, p)`` -> ``(N, p)``."""
-    if n < 1:
-        raise ValueError(f"n (the training-set size) must be >= 1, got {n}")
-    if not torch.isfinite(gradients).all():
-        raise ValueError("gradients contain NaN or inf; check the model and the data")
-    return curvature.solve(gradients) / n
-
-
-def target_curvature(task: Task, theta: Tensor, kind: TargetKind) -> TargetCurvature:
-    """``H_f`` of the task's target as an operator: exact Hessian- or Gauss–Newton-vector products, or
-    ("block-…") their per-layer diagonal blocks (docs/math.md §7)."""
-    if kind == "exact":
-        return OperatorCurvature(lambda V: task.target.hvp(task, theta, V))
-    if kind == "ggn":
-        return OperatorCurvature(lambda V: task.target.ggn_vp(task, theta, V))
-    if kind in ("block-exact", "block-ggn"):
-        return BlockDiagonalCurvature.of_target(task, theta, "exact" if kind == "block-exact" else "ggn")
-    raise ValueError(f"target curvature must be one of {TARGET_KINDS}, got {kind!r}")
 
 
 class GroupInfluence:

@@ -35,9 +35,9 @@ from groupinf.experiments.figures import class_pair_figure, image_view
 from groupinf.experiments.jobs import run_jobs
 from groupinf.files import atomic_path, atomic_write_json
 from groupinf.groups import group_sums, nearest_neighbour_groups, validate_groups
-from groupinf.influence import TARGET_KINDS, GroupInfluence
+from groupinf.influence import GroupInfluence
 from groupinf.models import linear_model, loss_for, mlp, resnet9, weight_parameters
-from groupinf.target import mean_loss
+from groupinf.target import TARGET_KINDS, mean_loss
 from groupinf.task import Task
 from groupinf.training import SGDConfig, fit_convex, is_positive_definite, train_sgd
 

@@ -36,12 +36,11 @@ from groupinf.experiments.pools import PoolRegime, SelectionProblem, build_probl
 from groupinf.features import SelectionFeatures, candidate_shifts, compute_features
 from groupinf.files import atomic_path, atomic_write_bytes, atomic_write_json
 from groupinf.gradients import per_example_gradients
-from groupinf.influence import TARGET_KINDS, target_curvature
 from groupinf.losses import CrossEntropy
 from groupinf.methods import METHODS, PoolInputs, run_method
 from groupinf.models import mlp
 from groupinf.selection import InteractionScale, check_interaction_scale, greedy_select
-from groupinf.target import mean_loss
+from groupinf.target import TARGET_KINDS, mean_loss, target_curvature
 from groupinf.task import Task
 from groupinf.training import SGDConfig, train_sgd
 
