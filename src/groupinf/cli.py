@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from groupinf.curvature import Damping
+from groupinf.curvature import Damping, parse_damping
 from groupinf.llm.cli import add_llm, run_llm
 from groupinf.selection import InteractionScale, parse_interaction_scale
 from groupinf.target import TARGET_KINDS
@@ -16,17 +16,12 @@ from groupinf.training import ConvergenceError
 DATA_HELP = "digits | fashion-mnist | mnist | cifar10 | concrete | parkinsons | PATH.npz | PATH.csv"
 
 
-def parse_damping(text: str) -> Damping:
-    """A number >= 0, or "heuristic" (0.1 × mean eigenvalue)."""
-    if text == "heuristic":
-        return text
+def damping_option(text: str) -> Damping:
+    """``--damping``: a finite number >= 0, or "heuristic" (0.1 × mean eigenvalue)."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"damping must be a number or 'heuristic', got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"damping must be >= 0, got {value}")
-    return value
+        return parse_damping(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_ints(text: str) -> tuple[int, ...]:
@@ -74,7 +69,7 @@ def add_faithfulness(commands: argparse._SubParsersAction) -> None:
         help="independent anchor draws (seeds SEED, SEED+1, …): Spearman per draw and its mean (default 1)",
     )
     faith.add_argument(
-        "--damping", type=parse_damping, default=0.0, help="damping ρ: a number or 'heuristic' (default 0)"
+        "--damping", type=damping_option, default=0.0, help="damping ρ: a number or 'heuristic' (default 0)"
     )
     faith.add_argument(
         "--curvature", choices=["exact", "ggn", "kfac", "ekfac"], default="exact", help="training curvature"
@@ -161,7 +156,7 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--curvature", choices=["exact", "ggn", "kfac", "ekfac"], default=None, help="training curvature"
     )
-    parser.add_argument("--damping", type=parse_damping, default=None, help="damping ρ or 'heuristic'")
+    parser.add_argument("--damping", type=damping_option, default=None, help="damping ρ or 'heuristic'")
     parser.add_argument(
         "--target-curvature", choices=TARGET_KINDS, default=None, help="H_f products, whole or per-layer blocks"
     )

@@ -1,6 +1,6 @@
 """Training-curvature approximations behind one interface (``Curvature``)."""
 
-from groupinf.curvature.base import Curvature, Damping, resolve_damping
+from groupinf.curvature.base import Curvature, Damping, check_damping, parse_damping, resolve_damping
 from groupinf.curvature.dense import EigenCurvature, exact_hessian, gauss_newton
 from groupinf.curvature.factored import gradient_products, hooked_gradients
 from groupinf.curvature.kfac import (
@@ -21,12 +21,14 @@ __all__ = [
     "KFACCurvature",
     "KroneckerCurvature",
     "KroneckerFactors",
+    "check_damping",
     "corrected_eigenvalues",
     "exact_hessian",
     "fit_factors",
     "gauss_newton",
     "gradient_products",
     "hooked_gradients",
+    "parse_damping",
     "resolve_damping",
     "tensor_batches",
 ]
