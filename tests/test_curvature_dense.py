@@ -1,7 +1,16 @@
 import pytest
 import torch
 
-from groupinf.curvature import EigenCurvature, exact_hessian, gauss_newton, parse_damping, resolve_damping
+from groupinf.curvature import (
+    EigenCurvature,
+    EKFACCurvature,
+    KFACCurvature,
+    exact_hessian,
+    fit_curvature,
+    gauss_newton,
+    parse_damping,
+    resolve_damping,
+)
 from groupinf.gradients import per_example_jacobians
 from groupinf.losses import CrossEntropy
 from groupinf.models import linear_model
@@ -98,3 +107,20 @@ def test_damping_settings_are_parsed_and_checked_once():
     for bad in (-0.1, float("nan"), "lots", True):
         with pytest.raises(ValueError, match="damping must be"):
             resolve_damping(bad, 1.0)
+
+
+def test_curvature_by_name(mlp_task):
+    task, theta, X, y = mlp_task
+    V = torch.randn(3, theta.numel(), dtype=torch.float64)
+    exact = fit_curvature("exact", task, theta, X, y, len(X), 1.0)
+    torch.testing.assert_close(exact.solve(V), EigenCurvature(exact_hessian(task, theta, X, y, len(X)), 1.0).solve(V))
+    ggn = fit_curvature("ggn", task, theta, X, y, 2 * len(X), "heuristic")
+    torch.testing.assert_close(
+        ggn.matvec(V), EigenCurvature(gauss_newton(task, theta, X, 2 * len(X)), "heuristic").matvec(V)
+    )
+    assert type(fit_curvature("kfac", task, theta, X, y, len(X), 0.1)) is KFACCurvature
+    assert type(fit_curvature("ekfac", task, theta, X, y, len(X), 0.1)) is EKFACCurvature
+    with pytest.raises(ValueError, match="pass all n training examples"):
+        fit_curvature("ekfac", task, theta, X, y, 2 * len(X), 0.1)
+    with pytest.raises(ValueError, match="curvature must be one of"):
+        fit_curvature("lanczos", task, theta, X, y, len(X), 0.1)

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from groupinf.curvature import Damping, parse_damping
+from groupinf.curvature import CURVATURES, Damping, parse_damping
 from groupinf.llm.cli import add_llm, run_llm
 from groupinf.selection import InteractionScale, parse_interaction_scale
 from groupinf.target import TARGET_KINDS
@@ -71,9 +71,7 @@ def add_faithfulness(commands: argparse._SubParsersAction) -> None:
     faith.add_argument(
         "--damping", type=damping_option, default=0.0, help="damping ρ: a number or 'heuristic' (default 0)"
     )
-    faith.add_argument(
-        "--curvature", choices=["exact", "ggn", "kfac", "ekfac"], default="exact", help="training curvature"
-    )
+    faith.add_argument("--curvature", choices=CURVATURES, default="exact", help="training curvature")
     faith.add_argument(
         "--target-curvature", choices=TARGET_KINDS, default="exact", help="H_f products, whole or per-layer blocks"
     )
@@ -153,9 +151,7 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
         "--label-noise", type=parse_fraction, default=None, help="noisy: this fraction of the pool has a wrong label"
     )
     parser.add_argument("--hidden", type=parse_ints, default=None, help="MLP hidden widths, e.g. 64,64")
-    parser.add_argument(
-        "--curvature", choices=["exact", "ggn", "kfac", "ekfac"], default=None, help="training curvature"
-    )
+    parser.add_argument("--curvature", choices=CURVATURES, default=None, help="training curvature")
     parser.add_argument("--damping", type=damping_option, default=None, help="damping ρ or 'heuristic'")
     parser.add_argument(
         "--target-curvature", choices=TARGET_KINDS, default=None, help="H_f products, whole or per-layer blocks"

@@ -25,12 +25,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from groupinf.baselines import tracin_scores, trak_scores
-from groupinf.curvature import Damping
+from groupinf.curvature import Damping, fit_curvature
 from groupinf.curvature.dense import exact_hessian
 from groupinf.data import Dataset, load_dataset
 from groupinf.data.transforms import standardize
 from groupinf.experiments.class_pairs import class_pair_interactions
-from groupinf.experiments.common import as_tensors, digest, fit_curvature
+from groupinf.experiments.common import as_tensors, digest
 from groupinf.experiments.figures import class_pair_figure, image_view
 from groupinf.experiments.jobs import run_jobs
 from groupinf.files import atomic_path, atomic_write_json

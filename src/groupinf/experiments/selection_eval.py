@@ -26,10 +26,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from groupinf.curvature import Curvature, Damping
+from groupinf.curvature import Curvature, Damping, fit_curvature
 from groupinf.data import load_dataset
 from groupinf.data.transforms import standardize
-from groupinf.experiments.common import class_entropy, digest, fit_curvature
+from groupinf.experiments.common import class_entropy, digest
 from groupinf.experiments.figures import figure, save
 from groupinf.experiments.jobs import run_jobs
 from groupinf.experiments.pools import PoolRegime, SelectionProblem, build_problem
