@@ -279,7 +279,7 @@ def run_faithfulness(args: argparse.Namespace) -> None:
 def run_select(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from groupinf.experiments.common import digest
+    from groupinf.digests import file_digest
     from groupinf.experiments.jobs import run_jobs
     from groupinf.experiments.selection_eval import (
         PoolAnalysis,
@@ -311,9 +311,7 @@ def run_select(args: argparse.Namespace) -> None:
             raise ValueError(f"k = {args.k} is larger than the pool ({len(problem.X_pool)} candidates)")
         root = args.out / "work" / config.model_fingerprint(fingerprint)
         if args.checkpoint is not None:  # features of a given θ* live apart from those of a trained one
-            root = (
-                root / f"checkpoint-{digest(args.checkpoint.read_bytes()) if args.checkpoint.is_file() else 'missing'}"
-            )
+            root = root / f"checkpoint-{file_digest(args.checkpoint)[:16] if args.checkpoint.is_file() else 'missing'}"
         analysis = PoolAnalysis(config, problem, root, args.checkpoint)
         if scale == "auto":
             shared = shared_data(config, problem)

@@ -1,9 +1,6 @@
-"""Pieces the experiments share: tensors from a data set, class entropy, cache keys."""
+"""Pieces the experiments share: tensors from a data set, class entropy."""
 
 from __future__ import annotations
-
-import hashlib
-import json
 
 import numpy as np
 import torch
@@ -11,11 +8,6 @@ from scipy.stats import entropy
 from torch import Tensor
 
 from groupinf.data import Dataset
-
-
-def digest(obj: object) -> str:
-    """A short SHA-256 of ``obj``'s JSON (keys sorted, other types by ``str``): the key of a cached result."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def as_tensors(data: Dataset, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
