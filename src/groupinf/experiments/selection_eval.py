@@ -47,8 +47,8 @@ from groupinf.target import TARGET_KINDS, mean_loss, target_curvature
 from groupinf.task import Task
 from groupinf.training import SGDConfig, train_sgd
 
-#: ``α`` values ``auto`` chooses from: powers of two around the paper's 1, up to about ``n/k`` at k = 25
-SCALE_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+#: ``α`` values ``auto`` chooses from: powers of two from near top-k F (1/16) to about ``n/k`` at k = 25 (64)
+SCALE_GRID = tuple(2.0**e for e in range(-4, 7))
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,9 @@ class SelectionEvalConfig:
     """One §5.1 run. ``preset`` "cpu" is scaled to 2 CPU cores; "paper" follows Table 3 / App. E.
 
     ``pool_size`` None: ``default_pool_size`` candidates, or all of ``X`` for a data set with its own
-    target split. ``interaction_scale`` is F+I's ``α`` (a number, or "auto"); F+I+B keeps the paper's
-    ``α = 1``. ``scale_sweep`` adds one F+I row per fixed ``α`` (named ``F+I α=…``).
+    target split. ``interaction_scale`` is F+I's ``α``: a number, or "auto" (the default; docs/selection.md
+    measures it against fixed values); F+I+B keeps the paper's ``α = 1``. ``scale_sweep`` adds one F+I row
+    per fixed ``α`` (named ``F+I α=…``).
     """
 
     data: str = "fashion-mnist"
@@ -78,7 +79,7 @@ class SelectionEvalConfig:
     target_curvature: str = "ggn"
     workers: int = 2
     regime: PoolRegime = field(default_factory=PoolRegime)
-    interaction_scale: InteractionScale = 1.0
+    interaction_scale: InteractionScale = "auto"
     scale_grid: tuple[float, ...] = SCALE_GRID
     scale_folds: int = 5
     scale_seeds: int = 1
@@ -182,13 +183,15 @@ def shared_data(config: SelectionEvalConfig, problem: SelectionProblem) -> dict[
 
 
 def train_model(shared: dict, job: dict) -> dict:
-    """Train a fresh MLP (seeded) on the pool subset ``job["indices"]``: its test loss and accuracy and
-    its mean loss on each fold of the target set."""
+    """Train a fresh MLP (seeded) on the pool subset ``job["indices"]`` (none: the untrained model): its
+    test loss and accuracy and its mean loss on each fold of the target set."""
     config: SelectionEvalConfig = shared["config"]
-    idx = torch.as_tensor(job["indices"])
+    idx = torch.as_tensor(job["indices"], dtype=torch.long)
     torch.manual_seed(job["seed"])
     model = mlp(shared["X_pool"].shape[1], shared["num_classes"], config.hidden, config.dropout)
-    train_sgd(model, CrossEntropy(), shared["X_pool"][idx], shared["y_pool"][idx], config.sgd, seed=job["seed"])
+    if len(idx):
+        train_sgd(model, CrossEntropy(), shared["X_pool"][idx], shared["y_pool"][idx], config.sgd, seed=job["seed"])
+    model.eval()
     with torch.no_grad():
         logits = model(shared["X_test"])
         loss = CrossEntropy()(logits, shared["y_test"]).mean().item()
@@ -384,6 +387,16 @@ def select_all(
     return picks
 
 
+def seed_summary(runs: list[dict]) -> dict[str, float]:
+    """Test loss (mean and std) and mean test accuracy over the retraining seeds of one subset."""
+    losses = [run["test_loss"] for run in runs]
+    return {
+        "test_loss_mean": float(np.mean(losses)),
+        "test_loss_std": float(np.std(losses)),
+        "test_accuracy_mean": float(np.mean([run["test_accuracy"] for run in runs])),
+    }
+
+
 def run_selection_eval(config: SelectionEvalConfig, out: Path) -> dict:
     """Run the protocol; write ``results.json``, ``results.md`` and ``selection.png`` under
     ``out/<problem hash>/<features hash>/`` (returned as ``"out"``)."""
@@ -414,20 +427,23 @@ def run_selection_eval(config: SelectionEvalConfig, out: Path) -> dict:
             for seed in range(config.seeds):
                 keys[(name, str(k), seed)], job = subset_job(draws[seed % len(draws)], seed)
                 jobs[keys[(name, str(k), seed)]] = job
+    bound_subsets = {"no training": [], "full pool": range(len(problem.X_pool))}
+    for bound, subset in bound_subsets.items():
+        for seed in range(config.seeds):
+            keys[(bound, "", seed)], job = subset_job(subset, seed)
+            jobs[keys[(bound, "", seed)]] = job
     trained = retrain(jobs)
+    seeds = range(config.seeds)
+    bounds = {bound: seed_summary([trained[keys[(bound, "", s)]] for s in seeds]) for bound in bound_subsets}
 
     labels = problem.y_pool.numpy()
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for name in names:
         table[name] = {}
         for k in config.budgets:
-            runs = [trained[keys[(name, str(k), s)]] for s in range(config.seeds)]
             draws = picks[name][str(k)]
             purity = [problem.purity(d) for d in draws]
-            row = {
-                "test_loss_mean": float(np.mean([r["test_loss"] for r in runs])),
-                "test_loss_std": float(np.std([r["test_loss"] for r in runs])),
-                "test_accuracy_mean": float(np.mean([r["test_accuracy"] for r in runs])),
+            row = seed_summary([trained[keys[(name, str(k), s)]] for s in range(config.seeds)]) | {
                 "class_entropy": float(np.mean([class_entropy(labels[d], problem.num_classes) for d in draws])),
                 "class_counts": np.mean([np.bincount(labels[d], minlength=problem.num_classes) for d in draws], axis=0)
                 .astype(float)
@@ -441,6 +457,7 @@ def run_selection_eval(config: SelectionEvalConfig, out: Path) -> dict:
         "config": json.loads(json.dumps(asdict(config), default=str)),
         "regime": config.regime.name,
         "max_entropy": float(np.log(problem.num_classes)),
+        "bounds": bounds,
         "results": table,
         "interaction_scale": {"setting": config.interaction_scale, "per_budget": scales, "auto": scale_choice},
         "selections": {name: {k: [d.tolist() for d in v] for k, v in rows.items()} for name, rows in picks.items()},
@@ -466,7 +483,11 @@ def format_table(results: dict) -> str:
     table = results["results"]
     budgets = list(next(iter(table.values())))
     header = ["| method | " + " | ".join(f"k={k}" for k in budgets) + " |", "|---|" + "---|" * len(budgets)]
-    sections = [f"Regime: {results['regime']}", "", "Test loss (mean ± std over seeds)", "", *header]
+    bounds = ", ".join(
+        f"{name} {row['test_loss_mean']:.3f} ± {row['test_loss_std']:.3f}" for name, row in results["bounds"].items()
+    )
+    sections = [f"Regime: {results['regime']}", "", f"Test loss (mean ± std over seeds); bounds: {bounds}", ""]
+    sections += header
     sections += [
         f"| {name} | "
         + " | ".join(f"{rows[k]['test_loss_mean']:.3f} ± {rows[k]['test_loss_std']:.3f}" for k in budgets)
@@ -524,7 +545,9 @@ def plot(results: dict, path: Path) -> None:
         axes[1].plot(budgets, [rows[str(k)]["class_entropy"] for k in budgets], **style)
         if purity_keys:
             axes[2].plot(budgets, [rows[str(k)]["purity"][purity_keys[0]] for k in budgets], **style)
-    axes[1].axhline(results["max_entropy"], color="grey", linestyle=":", label="uniform")
+    for (name, bound), line in zip(results["bounds"].items(), (":", "-."), strict=True):
+        axes[0].axhline(bound["test_loss_mean"], color="grey", linestyle=line, label=name)
+    axes[1].axhline(results["max_entropy"], color="grey", linestyle=":", label="uniform entropy")
     axes[0].set(xlabel="budget k", ylabel="test loss", title=f"Test loss after retraining ({results['regime']})")
     axes[1].set(xlabel="budget k", ylabel="class entropy (nats)", title="Class entropy of the selection")
     if purity_keys:
@@ -534,7 +557,10 @@ def plot(results: dict, path: Path) -> None:
         ax.minorticks_off()
         ax.set_xticks(budgets, [str(k) for k in budgets])
         ax.grid(alpha=0.3)
-    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+    handles, labels = axes[0].get_legend_handles_labels()
+    uniform, uniform_label = axes[1].get_legend_handles_labels()
+    handles, labels = handles + uniform[-1:], labels + uniform_label[-1:]
+    axes[-1].legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
     save(fig, path)
 
 
