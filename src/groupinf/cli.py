@@ -7,26 +7,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from groupinf.curvature import Damping
-from groupinf.influence import TARGET_KINDS
+from groupinf.curvature import CURVATURES, Damping, parse_damping
 from groupinf.llm.cli import add_llm, run_llm
 from groupinf.selection import InteractionScale, parse_interaction_scale
+from groupinf.target import TARGET_KINDS
 from groupinf.training import ConvergenceError
 
 DATA_HELP = "digits | fashion-mnist | mnist | cifar10 | concrete | parkinsons | PATH.npz | PATH.csv"
 
 
-def parse_damping(text: str) -> Damping:
-    """A number >= 0, or "heuristic" (0.1 × mean eigenvalue)."""
-    if text == "heuristic":
-        return text
+def damping_option(text: str) -> Damping:
+    """``--damping``: a finite number >= 0, or "heuristic" (0.1 × mean eigenvalue)."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"damping must be a number or 'heuristic', got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"damping must be >= 0, got {value}")
-    return value
+        return parse_damping(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_ints(text: str) -> tuple[int, ...]:
@@ -74,11 +69,9 @@ def add_faithfulness(commands: argparse._SubParsersAction) -> None:
         help="independent anchor draws (seeds SEED, SEED+1, …): Spearman per draw and its mean (default 1)",
     )
     faith.add_argument(
-        "--damping", type=parse_damping, default=0.0, help="damping ρ: a number or 'heuristic' (default 0)"
+        "--damping", type=damping_option, default=0.0, help="damping ρ: a number or 'heuristic' (default 0)"
     )
-    faith.add_argument(
-        "--curvature", choices=["exact", "ggn", "kfac", "ekfac"], default="exact", help="training curvature"
-    )
+    faith.add_argument("--curvature", choices=CURVATURES, default="exact", help="training curvature")
     faith.add_argument(
         "--target-curvature", choices=TARGET_KINDS, default="exact", help="H_f products, whole or per-layer blocks"
     )
@@ -158,10 +151,8 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
         "--label-noise", type=parse_fraction, default=None, help="noisy: this fraction of the pool has a wrong label"
     )
     parser.add_argument("--hidden", type=parse_ints, default=None, help="MLP hidden widths, e.g. 64,64")
-    parser.add_argument(
-        "--curvature", choices=["exact", "ggn", "kfac", "ekfac"], default=None, help="training curvature"
-    )
-    parser.add_argument("--damping", type=parse_damping, default=None, help="damping ρ or 'heuristic'")
+    parser.add_argument("--curvature", choices=CURVATURES, default=None, help="training curvature")
+    parser.add_argument("--damping", type=damping_option, default=None, help="damping ρ or 'heuristic'")
     parser.add_argument(
         "--target-curvature", choices=TARGET_KINDS, default=None, help="H_f products, whole or per-layer blocks"
     )
@@ -293,7 +284,7 @@ def run_faithfulness(args: argparse.Namespace) -> None:
 def run_select(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from groupinf.experiments.common import digest
+    from groupinf.digests import file_digest
     from groupinf.experiments.jobs import run_jobs
     from groupinf.experiments.selection_eval import (
         PoolAnalysis,
@@ -330,9 +321,7 @@ def run_select(args: argparse.Namespace) -> None:
             raise ValueError(f"k = {args.k} is larger than the pool ({len(problem.X_pool)} candidates)")
         root = args.out / "work" / config.model_fingerprint(fingerprint)
         if args.checkpoint is not None:  # features of a given θ* live apart from those of a trained one
-            root = (
-                root / f"checkpoint-{digest(args.checkpoint.read_bytes()) if args.checkpoint.is_file() else 'missing'}"
-            )
+            root = root / f"checkpoint-{file_digest(args.checkpoint)[:16] if args.checkpoint.is_file() else 'missing'}"
         analysis = PoolAnalysis(config, problem, root, args.checkpoint)
         if scale == "auto":
             shared = shared_data(config, problem)

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.neighbors import NearestNeighbors
 from torch import Tensor
 
 GroupLike = Sequence[int] | np.ndarray | Tensor
@@ -62,6 +61,8 @@ def nearest_neighbour_groups(
     whose group equals an earlier one as a set is skipped and the next anchor drawn instead.
     Distances are L2 in ``embedding`` ``(n, c)`` (softmax outputs, or predictions for regression).
     """
+    from sklearn.neighbors import NearestNeighbors  # sklearn costs seconds at import; only the experiments group
+
     n = len(embedding)
     if not 1 <= group_size <= n:
         raise ValueError(f"group_size must be in [1, {n}], got {group_size}")

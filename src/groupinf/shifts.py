@@ -1,8 +1,9 @@
-"""Per-example parameter shifts ``δ_i = (1/n) (H + ρI)⁻¹ g_i`` streamed into an on-disk store.
+"""Per-example parameter shifts ``δ_i = (1/n) (H + ρI)⁻¹ g_i`` (docs/math.md §2), in memory or streamed to disk.
 
-For models whose ``N × p`` shifts do not fit in memory: the examples are processed shard by shard
-(``shard_size`` rows; gradients in batches of ``batch_size``) and each shard is written to a memory-mapped
-``.npy`` (``store.ArrayStore``). An interrupted run resumes where it stopped and produces the same file.
+``compute_shifts`` solves a batch of gradients in memory. ``stream_shifts`` is for models whose ``N × p``
+shifts do not fit in memory: the examples are processed shard by shard (``shard_size`` rows; gradients in
+batches of ``batch_size``) and each shard is written to a memory-mapped ``.npy`` (``store.ArrayStore``). An
+interrupted run resumes where it stopped and produces the same file.
 """
 
 from __future__ import annotations
@@ -19,9 +20,17 @@ from tqdm.auto import tqdm
 from groupinf.curvature import Curvature
 from groupinf.digests import content_digest
 from groupinf.gradients import per_example_gradients
-from groupinf.influence import compute_shifts
 from groupinf.store import load_store, open_store
 from groupinf.task import Task
+
+
+def compute_shifts(curvature: Curvature, gradients: Tensor, n: int) -> Tensor:
+    """``δ_i = (1/n) (H + ρI)⁻¹ g_i`` for gradients ``(N, p)`` -> ``(N, p)``."""
+    if n < 1:
+        raise ValueError(f"n (the training-set size) must be >= 1, got {n}")
+    if not torch.isfinite(gradients).all():
+        raise ValueError("gradients contain NaN or inf; check the model and the data")
+    return curvature.solve(gradients) / n
 
 
 def stream_shifts(

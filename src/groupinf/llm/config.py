@@ -15,6 +15,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from groupinf.curvature.base import Damping, check_damping, parse_damping
+
 TEMPLATES = ("auto", "tulu", "tokenizer")
 PRECISIONS = ("auto", "bf16", "fp32", "fp64")
 FISHERS = ("true", "empirical")
@@ -126,10 +128,7 @@ class SelectConfig:
 
     def __post_init__(self) -> None:
         _choose("curvature", self.curvature, CURVATURES)
-        if isinstance(self.damping, str) and self.damping != "heuristic":
-            raise ValueError(f"damping must be a number >= 0 or 'heuristic', got {self.damping!r}")
-        if not isinstance(self.damping, str) and self.damping < 0:
-            raise ValueError(f"damping must be >= 0, got {self.damping}")
+        check_damping(self.damping)
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
         _positive("k", self.k)
@@ -174,10 +173,11 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _parse_damping(text: str) -> float | str:
-    from groupinf.cli import parse_damping
-
-    return parse_damping(text)
+def _parse_damping(text: str) -> Damping:
+    try:
+        return parse_damping(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type[Config]) -> None:

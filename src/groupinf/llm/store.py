@@ -16,7 +16,6 @@ it records, so an interrupted extraction resumes at the first unfinished shard.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -36,15 +35,6 @@ TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32":
 #: how each storage dtype is memory-mapped with numpy (bfloat16 as raw 16-bit words, viewed by torch)
 NUMPY_DTYPES = {"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32}
 KINDS = ("gradients", "fisher")
-
-
-def file_digest(path: Path) -> str:
-    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
