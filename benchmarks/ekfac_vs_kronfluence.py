@@ -97,7 +97,7 @@ def memory() -> dict[str, float]:
 
 
 def run_groupinf(setup: dict, batch_size: int) -> tuple[np.ndarray, dict]:
-    from groupinf.curvature import EKFACCurvature, fit_factors, gradient_products, hooked_gradients, tensor_batches
+    from groupinf.curvature import EKFACCurvature, fit_factors, influence_scores, tensor_batches
     from groupinf.losses import CrossEntropy
     from groupinf.target import mean_loss
     from groupinf.task import Task
@@ -119,9 +119,8 @@ def run_groupinf(setup: dict, batch_size: int) -> tuple[np.ndarray, dict]:
         factors, task, theta, data, damping="heuristic", dtype=torch.float32, compute_dtype=torch.float32
     )
     fitted = time.perf_counter()
-    queries = hooked_gradients(task, theta, tensor_batches(Xq, yq, batch_size))  # (Q, p), hooks, no vmap
-    preconditioned = curvature.solve(queries)  # (Q, p)
-    scores = gradient_products(task, theta, data, preconditioned)  # (Q, N), no per-example train gradients
+    # (Q, N) in the eigenbasis: no per-example gradient, no dense query gradient, no rotation back
+    scores = influence_scores(task, theta, tensor_batches(Xq, yq, batch_size), data, curvature)
     done = time.perf_counter()
     info = {"fit_s": fitted - start, "score_s": done - fitted, "total_s": done - start}
     info["stages_s"] = {"covariances": covariances - start, "eigh": eigen - covariances, "lambda": fitted - eigen}

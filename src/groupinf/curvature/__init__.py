@@ -2,7 +2,7 @@
 
 from groupinf.curvature.base import Curvature, Damping, resolve_damping
 from groupinf.curvature.dense import EigenCurvature, exact_hessian, gauss_newton
-from groupinf.curvature.factored import gradient_products, hooked_gradients
+from groupinf.curvature.factored import gradient_products, hooked_gradients, influence_scores
 from groupinf.curvature.kfac import (
     EKFACCurvature,
     KFACCurvature,
@@ -27,6 +27,7 @@ __all__ = [
     "gauss_newton",
     "gradient_products",
     "hooked_gradients",
+    "influence_scores",
     "resolve_damping",
     "tensor_batches",
 ]
