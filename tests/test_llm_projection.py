@@ -102,6 +102,16 @@ def test_moments_and_tokens_ignore_padding(tiny):
         assert batched.input_moments[name].shape == (2, 2) and batched.output_moments[name].shape == (3, 3)
 
 
+def test_results_hold_no_autograd_graph(tiny):
+    """Nothing a batch yields requires grad: a graph there kept every batch's activations alive (the moment sums
+    of a shard chained them, memory grew with the number of batches)."""
+    _, model, tokenizer, examples = tiny
+    projector = Projector(model, linear_layers(model), "gaussian", r_out=3, r_in=2, seed=1)
+    result = projector.compute(collate(examples, pad_id(tokenizer)), "true", range(len(examples)))
+    tensors = [result.gradients, result.fisher, *result.input_moments.values(), *result.output_moments.values()]
+    assert not any(t.requires_grad for t in tensors)
+
+
 def test_sampled_labels_replace_response_tokens_only_and_do_not_depend_on_the_batch(tiny):
     _, model, tokenizer, examples = tiny
     batch = collate(examples, pad_id(tokenizer))
