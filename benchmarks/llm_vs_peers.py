@@ -19,7 +19,9 @@ process; the peers in ``--peers-python`` (``.venv-bench``, which the project's `
 - ``kronfluence``: Kronfluence 1.0.1's EK-FAC fit on the same modules, unprojected (it has no LoGra), for scale,
   on the first ``--kronfluence-examples`` sequences (its time per sequence is reported too).
 - ``forward_backward``: the physical limit, a plain training forward and backward pass (all parameter
-  gradients) over the same batches.
+  gradients) over the same batches; ``activations_only``: the same with the backward stopped at the token
+  embeddings' output and no parameter gradient, the least any extraction of every layer's output gradients
+  does.
 
 Every worker warms up on one batch, then times; the libraries run in turn ``--repeats`` times and the best
 time of each is kept. Memory is each process's peak resident set (``VmHWM``), in total and above its
@@ -53,7 +55,7 @@ import torch
 #: the projected modules of every block
 LAYERS = r"\.(q|k|v|o|gate|up|down)_proj$"
 PEERS = ("dattri", "dattri_llm", "kronfluence")
-LIBRARIES = ("forward_backward", "groupinf", *PEERS)
+LIBRARIES = ("forward_backward", "activations_only", "groupinf", *PEERS)
 PEER_PACKAGES = {"dattri": "dattri", "dattri_llm": "dattri-llm", "kronfluence": "kronfluence"}
 
 
@@ -111,17 +113,29 @@ def identity_projection(project, dim: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- workers
 
 
-def run_forward_backward(work: Path, settings: dict, timed: bool) -> dict[str, Any]:
-    """A plain training pass: forward, backward to every parameter, over the pool in batches."""
+def run_forward_backward(work: Path, settings: dict, timed: bool, parameters: bool = True) -> dict[str, Any]:
+    """A plain training pass: forward, backward to every parameter, over the pool in batches. Without
+    ``parameters``: the backward to the token embeddings' output only (every layer's output gradient, no
+    parameter gradient), the least any extraction of every layer's per-example gradients can do."""
     model, pool, _, settings, _ = load(work)
-    model.requires_grad_(True)
+    model.requires_grad_(parameters)
     batch = settings["batch_size"]
+    roots: list[torch.Tensor] = []
+    if not parameters:
+        embed = model.get_input_embeddings()
+        embed.register_forward_hook(
+            lambda module, args, out: roots.append(out.detach().requires_grad_(True)) or roots[-1]
+        )
 
     def passes(ids: torch.Tensor) -> None:
         for start in range(0, len(ids), batch):
             chunk = ids[start : start + batch]
-            sequence_nll(model(input_ids=chunk).logits, chunk).sum().backward()
-            model.zero_grad(set_to_none=True)
+            loss = sequence_nll(model(input_ids=chunk).logits, chunk).sum()
+            if parameters:
+                loss.backward()
+                model.zero_grad(set_to_none=True)
+            else:
+                torch.autograd.grad(loss, roots.pop())
 
     passes(pool[:batch])
     before = memory()
@@ -129,6 +143,10 @@ def run_forward_backward(work: Path, settings: dict, timed: bool) -> dict[str, A
     passes(pool)
     seconds, peak = time.perf_counter() - start, memory()["VmHWM"]
     return {"extract_s": seconds, "rss_before_mib": before["VmRSS"], "rss_peak_extract_mib": peak}
+
+
+def run_activations_only(work: Path, settings: dict, timed: bool) -> dict[str, Any]:
+    return run_forward_backward(work, settings, timed, parameters=False)
 
 
 def groupinf_projector(model, names: list[str], settings: dict, matrices: dict | None):
@@ -353,6 +371,7 @@ def run_kronfluence(work: Path, settings: dict, timed: bool) -> dict[str, Any]:
 
 WORKERS = {
     "forward_backward": run_forward_backward,
+    "activations_only": run_activations_only,
     "groupinf": run_groupinf,
     "dattri": run_dattri,
     "dattri_llm": run_dattri_llm,
@@ -468,7 +487,7 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         settings = setup(work, args)
-        pythons = {name: sys.executable for name in ("forward_backward", "groupinf")}
+        pythons = {name: sys.executable for name in ("forward_backward", "activations_only", "groupinf")}
         errors = {}
         for peer in PEERS:
             error = available(args.peers_python, peer)
@@ -479,7 +498,7 @@ def main(argv: list[str]) -> None:
         load_before = os.getloadavg()
         figures: dict[str, list[dict[str, Any]]] = {}
         # the peers first: the last, untimed-agreement groupinf run reads their projection matrices
-        order = [name for name in (*PEERS, "forward_backward", "groupinf") if name in pythons]
+        order = [name for name in (*PEERS, "forward_backward", "activations_only", "groupinf") if name in pythons]
         for repeat in range(args.repeats):
             for name in order:
                 last = repeat == args.repeats - 1
@@ -527,6 +546,11 @@ def summarise(settings, figures, errors, agree, load_before, load_after) -> dict
             report["ratio_to_peers"] = {name: ours / seconds for name, seconds in peers.items()}
         if "forward_backward" in best:
             report["ratio_to_forward_backward"] = ours / best["forward_backward"]["extract_s"]
+        if "activations_only" in best:
+            report["ratio_to_activations_only"] = ours / best["activations_only"]["extract_s"]
+            report["peers_to_activations_only"] = {
+                name: seconds / best["activations_only"]["extract_s"] for name, seconds in peers.items()
+            }
     return report
 
 
@@ -548,7 +572,8 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"{name:18s} {extract:>10s} {fit:>8s} {during:>12s} {after:>8s}")
     for name, error in report["errors"].items():
         print(f"{name}: FAILED: {error}")
-    for key in ("fastest_peer", "ratio_to_fastest_peer", "ratio_to_forward_backward", "agreement"):
+    keys = ("fastest_peer", "ratio_to_fastest_peer", "ratio_to_forward_backward", "ratio_to_activations_only")
+    for key in (*keys, "peers_to_activations_only", "agreement"):
         if key in report:
             print(f"{key}: {report[key]}")
 
