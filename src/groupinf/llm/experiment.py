@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from scipy.stats import entropy
 
+from groupinf.coresets import mean_similarity
 from groupinf.files import atomic_path, atomic_write_json
 from groupinf.llm.config import (
     EXPERIMENT_SECTIONS,
@@ -174,7 +175,7 @@ def baseline_selection(
             vectors = embed(
                 [baselines.record_text(r, i) for i, r in enumerate(records)], plan.experiment.embedding_model
             )
-            scores[name] = baselines.mean_similarity(pool_vectors, vectors)
+            scores[name] = mean_similarity(pool_vectors, vectors)
     else:
         tokenizer = load_tokenizer(model)
         padding = pad_id(tokenizer)
@@ -188,7 +189,7 @@ def baseline_selection(
         if method == "rds":
             pool_vectors = baselines.pooled_hidden_states(network, encoded(pool_records), padding)
             for name, records in dev.items():
-                scores[name] = baselines.mean_similarity(
+                scores[name] = mean_similarity(
                     pool_vectors, baselines.pooled_hidden_states(network, encoded(records), padding)
                 )
         else:
