@@ -239,9 +239,13 @@ def run_dattri(work: Path, settings: dict, timed: bool) -> dict[str, Any]:
         # the per-batch MEAN of the per-example losses: dattri's LoGra multiplies by the batch size
         return sequence_nll(model(input_ids=ids).logits, ids).mean()
 
+    scratch = tempfile.TemporaryDirectory()  # dattri writes its batch metadata there (else into the cwd)
+
     def attributor() -> LoGraAttributor:
         task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict())
-        found = LoGraAttributor(task, layer_names=names, hessian="eFIM", damping=1e-3, proj_dim=settings["r"] ** 2)
+        found = LoGraAttributor(
+            task, layer_names=names, hessian="eFIM", damping=1e-3, proj_dim=settings["r"] ** 2, cache_dir=scratch.name
+        )
         found.hessian = "Identity"  # cache() = the extraction alone; the eFIM fit is timed on its own below
         return found
 
