@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from groupinf.curvature import Damping
+from groupinf.curvature import Damping, check_damping
 from groupinf.influence import TARGET_KINDS
 from groupinf.llm.cli import add_llm, run_llm
 from groupinf.training import ConvergenceError
@@ -16,16 +16,15 @@ DATA_HELP = "digits | fashion-mnist | mnist | cifar10 | concrete | parkinsons | 
 
 
 def parse_damping(text: str) -> Damping:
-    """A number >= 0, or "heuristic" (0.1 × mean eigenvalue)."""
-    if text == "heuristic":
-        return text
+    """A finite number >= 0, or "heuristic" (0.1 × mean eigenvalue): ``check_damping`` of the option's text."""
     try:
-        value = float(text)
+        value: object = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"damping must be a number or 'heuristic', got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"damping must be >= 0, got {value}")
-    return value
+        value = text
+    try:
+        return check_damping(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_ints(text: str) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from groupinf import estimators
+from groupinf.checks import check_count
 from groupinf.curvature import Curvature
 from groupinf.curvature_ops import OperatorCurvature, TargetCurvature
 from groupinf.estimators import Setting
@@ -30,8 +31,7 @@ TARGET_KINDS: tuple[str, ...] = get_args(TargetKind)
 
 def compute_shifts(curvature: Curvature, gradients: Tensor, n: int) -> Tensor:
     """``δ_i = (1/n) (H + ρI)⁻¹ g_i`` for gradients ``(N, p)`` -> ``(N, p)``."""
-    if n < 1:
-        raise ValueError(f"n (the training-set size) must be >= 1, got {n}")
+    check_count(n, "n (the training-set size)")
     if not torch.isfinite(gradients).all():
         raise ValueError("gradients contain NaN or inf; check the model and the data")
     return curvature.solve(gradients) / n
@@ -71,7 +71,7 @@ class GroupInfluence:
         batch_size: int = 256,
     ) -> None:
         self.task, self.theta, self.inputs, self.targets = task, theta, inputs, targets
-        self.n = len(inputs) if n is None else n
+        self.n = len(inputs) if n is None else check_count(n, "n (the training-set size)")
         self.curvature = curvature
         self.hf = target_curvature(task, theta, hf) if isinstance(hf, str) else hf
         if group_hessian not in ("exact", "ggn"):

@@ -18,7 +18,7 @@ from torch.func import functional_call, grad, hessian, jvp, vmap
 
 from groupinf.gradients import batches, per_example_jacobians
 from groupinf.products import loss_ggn_vp, loss_hvp
-from groupinf.task import Task, check_inputs
+from groupinf.task import Task, check_inputs, check_lengths
 
 
 class Target(ABC):
@@ -55,8 +55,7 @@ class LossTarget(Target):
     def __init__(self, inputs: Tensor, targets: Tensor, batch_size: int = 1024) -> None:
         if len(inputs) == 0:
             raise ValueError("the target set has no examples")
-        if len(inputs) != len(targets):
-            raise ValueError(f"target inputs have {len(inputs)} rows but targets have {len(targets)}")
+        check_lengths(inputs, targets, what="target inputs")
         self.inputs, self.targets, self.batch_size = inputs, targets, batch_size
 
     @property

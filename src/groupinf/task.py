@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 
 
 def check_inputs(theta: Tensor, *tensors: Tensor, what: str = "inputs") -> None:
-    """Raise ``ValueError`` when a tensor is on another device, has NaN/inf, or a float dtype mismatch."""
+    """Raise ``TypeError`` unless every argument is a tensor, ``ValueError`` when a tensor is on another
+    device, has NaN/inf, or a float dtype mismatch."""
+    for t in (theta, *tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"expected torch tensors for the parameters and {what}, got {type(t).__name__}")
     for t in tensors:
         if t.device != theta.device:
             raise ValueError(f"{what} are on {t.device} but the parameters are on {theta.device}; move them with .to()")
@@ -33,6 +37,12 @@ def check_inputs(theta: Tensor, *tensors: Tensor, what: str = "inputs") -> None:
                 )
             if not torch.isfinite(t).all():
                 raise ValueError(f"{what} contain NaN or inf values; clean the data first")
+
+
+def check_lengths(inputs: Tensor, targets: Tensor, what: str = "inputs") -> None:
+    """Raise ``ValueError`` unless ``inputs`` and ``targets`` have one row per example each."""
+    if len(inputs) != len(targets):
+        raise ValueError(f"{what} have {len(inputs)} rows but targets have {len(targets)}")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Training-curvature approximations behind one interface (``Curvature``)."""
 
-from groupinf.curvature.base import Curvature, Damping, resolve_damping
+from groupinf.curvature.base import Curvature, Damping, check_damping, resolve_damping
 from groupinf.curvature.dense import EigenCurvature, exact_hessian, gauss_newton
 from groupinf.curvature.factored import gradient_products, hooked_gradients
 from groupinf.curvature.kfac import (
@@ -21,6 +21,7 @@ __all__ = [
     "KFACCurvature",
     "KroneckerCurvature",
     "KroneckerFactors",
+    "check_damping",
     "corrected_eigenvalues",
     "exact_hessian",
     "fit_factors",

@@ -16,6 +16,7 @@ from groupinf.curvature import (
     EigenCurvature,
     EKFACCurvature,
     KFACCurvature,
+    check_damping,
     exact_hessian,
     gauss_newton,
     tensor_batches,
@@ -50,6 +51,7 @@ def fit_curvature(
     ``exact``: the Hessian of ``R``; ``ggn``: the dense Gauss–Newton matrix; ``kfac``/``ekfac``: their
     Kronecker-factored approximations of the Gauss–Newton matrix (exact output-Hessian expectation).
     """
+    check_damping(damping)
     if kind == "exact":
         return EigenCurvature(exact_hessian(task, theta, inputs, targets, n), damping)
     if kind == "ggn":

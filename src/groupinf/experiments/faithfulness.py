@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from groupinf.baselines import tracin_scores, trak_scores
-from groupinf.curvature import Damping
+from groupinf.checks import check_count, check_fields
+from groupinf.curvature import Damping, check_damping
 from groupinf.curvature.dense import exact_hessian
 from groupinf.data import Dataset, load_dataset
 from groupinf.data.transforms import standardize
@@ -75,6 +76,13 @@ class FaithfulnessConfig:
     class_pairs: bool = False
 
     def __post_init__(self) -> None:
+        check_damping(self.damping)
+        for value in self.damping_sweep:
+            check_damping(value)
+        check_fields(self)
+        for name in ("max_train", "max_test", "group_size", "width", "trak_dim"):
+            if getattr(self, name) is not None:
+                check_count(getattr(self, name), name)
         if self.model not in ("lr", "mlp", "resnet9"):
             raise ValueError(f"model must be 'lr', 'mlp' or 'resnet9', got {self.model!r}")
         if self.target_curvature not in TARGET_KINDS:

@@ -21,7 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from groupinf.curvature import Damping
+from groupinf.checks import check_fields
+from groupinf.curvature import Damping, check_damping
 from groupinf.data import load_dataset
 from groupinf.data.transforms import standardize
 from groupinf.experiments.common import as_tensors, class_entropy, digest, fit_curvature
@@ -68,6 +69,8 @@ class SelectionEvalConfig:
     workers: int = 2
 
     def __post_init__(self) -> None:
+        check_damping(self.damping)
+        check_fields(self)
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from groupinf.checks import check_count
 from groupinf.curvature import Curvature
 from groupinf.curvature_ops import LowRankCurvature
 from groupinf.features import SelectionFeatures, select_from_features
@@ -83,8 +84,7 @@ def pool_features(
     device: str | torch.device = "cpu",
 ) -> dict[str, SelectionFeatures]:
     """Selection features (``a_c``, interaction factors ``b_c``) of every pool example for every target."""
-    if n < 1:
-        raise ValueError(f"n (the number of examples θ* was trained on) must be >= 1, got {n}")
+    check_count(n, "n (the number of examples θ* was trained on)")
     vectors = torch.cat([torch.cat([t.gradient[None], t.curvature.factor]) for t in targets])
     solved = compute_shifts(curvature, vectors, n).to(device, torch.float32)  # rows (1/n) H⁻¹ v
     products = torch.empty(pool.spec.num_examples, len(vectors), dtype=torch.float32, device=device)
