@@ -71,10 +71,17 @@ def add_llm(commands: argparse._SubParsersAction) -> None:
         "experiment",
         help="warmup, features, every selection method, fine-tuning and evaluation (resumable stage by stage)",
         description="Runs the whole §5.2 experiment from one config file (see configs/llm-toy.json) and writes "
-        "OUT/results.json, OUT/results.md and OUT/results.png; rerunning skips finished stages.",
+        "OUT/results.json, OUT/results.md and OUT/results.png; rerunning skips the finished stages whose settings "
+        "did not change (recorded in OUT/stages/).",
     )
     exp.add_argument("--config", type=Path, required=True, help="experiment config (JSON)")
     exp.add_argument("--out", type=Path, required=True, help="output directory")
+    exp.add_argument(
+        "--recompute",
+        action="store_true",
+        help="recompute the stages of OUT whose settings or inputs changed and keep the others (without it, such a "
+        "rerun stops and names the settings that differ)",
+    )
 
 
 def run_llm(args: argparse.Namespace) -> None:
@@ -97,7 +104,7 @@ def run_llm(args: argparse.Namespace) -> None:
     elif args.llm_command == "experiment":
         from groupinf.llm.experiment import markdown, run_experiment
 
-        document = run_experiment(args.config, args.out)
+        document = run_experiment(args.config, args.out, args.recompute)
         print(markdown(document["results"]))
         print(f"wrote {args.out / 'results.json'}, results.md and results.png")
     else:
