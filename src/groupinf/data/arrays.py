@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from sklearn.model_selection import train_test_split
 
@@ -26,22 +28,28 @@ def dataset_from_arrays(
     X_test: np.ndarray | None = None,
     y_test: np.ndarray | None = None,
     test_size: float = 0.3,
+    source: str | Path | None = None,
 ) -> Dataset:
     """Make a ``Dataset`` from X (n, *feature_shape) and y (n,), the kind decided by y's dtype.
 
     Without ``X_test``/``y_test`` a ``test_size`` fraction is held out with seed 0, stratified for
     classification. Class labels are remapped to 0..C-1 over train and test together: class k is the
-    k-th smallest distinct original label (``np.unique`` order).
+    k-th smallest distinct original label (``np.unique`` order). Errors name ``source`` (the file the arrays
+    came from), else ``name``.
     """
+    where = source or name
     if (X_test is None) != (y_test is None):
-        raise ValueError(f"{name}: give both X_test and y_test or neither")
-    kind = task_kind(y, name)
+        raise ValueError(f"{where}: give both X_test and y_test or neither")
+    kind = task_kind(y, str(where))
     ys = [y] if y_test is None else [y, y_test]
     for labels in ys:
         if labels.ndim != 1:
-            raise ValueError(f"{name}: targets must be one-dimensional, got shape {labels.shape}")
-    if y_test is not None and task_kind(y_test, name) != kind:
-        raise ValueError(f"{name}: y and y_test must both be integer or both floating point")
+            raise ValueError(f"{where}: targets must be one-dimensional, got shape {labels.shape}")
+    for features, labels, suffix in ((X, y, ""), (X_test, y_test, "_test")):
+        if features is not None and len(features) != len(labels):
+            raise ValueError(f"{where}: X{suffix} has {len(features)} rows but y{suffix} has {len(labels)}")
+    if y_test is not None and task_kind(y_test, str(where)) != kind:
+        raise ValueError(f"{where}: y and y_test must both be integer or both floating point")
     if kind == "classification":
         _, codes = np.unique(np.concatenate(ys), return_inverse=True)
         ys = np.split(codes.astype(np.int64), [len(y)] if y_test is not None else [])

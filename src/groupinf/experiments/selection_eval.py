@@ -29,7 +29,7 @@ from groupinf.experiments.common import as_tensors, class_entropy, digest, fit_c
 from groupinf.experiments.figures import figure, save
 from groupinf.experiments.jobs import run_jobs
 from groupinf.features import SelectionFeatures, compute_features, select_from_features
-from groupinf.files import atomic_path, atomic_write_bytes, atomic_write_json
+from groupinf.files import atomic_path, atomic_write_bytes, atomic_write_json, read_safetensors
 from groupinf.influence import TARGET_KINDS, target_curvature
 from groupinf.losses import CrossEntropy
 from groupinf.models import mlp
@@ -143,10 +143,9 @@ def reference_model(shared: dict, root: Path, checkpoint: Path | None = None) ->
     model = mlp(shared["X_pool"].shape[1], shared["num_classes"], config.hidden, config.dropout)
     path = root / "theta_star.safetensors"
     if checkpoint is not None:
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+        state, _ = read_safetensors(checkpoint, "--checkpoint takes θ* as a safetensors state dict of the MLP")
         try:
-            model.load_state_dict(load_file(str(checkpoint)))
+            model.load_state_dict(state)
         except RuntimeError as error:
             raise ValueError(f"{checkpoint} does not fit an MLP with hidden sizes {config.hidden}: {error}") from None
     elif path.exists():
