@@ -1,16 +1,29 @@
-"""The ``groupinf`` command line: faithfulness, select, selection-eval."""
+"""The ``groupinf`` command line: faithfulness, select, selection-eval, llm.
+
+Every expected failure (bad arguments, settings or input files, OS errors, an interrupt) ends the command
+with one line on stderr, ``groupinf: error: …`` naming the option, setting or file, and exit code 2 (130
+for an interrupt, after which the same command resumes). Arguments are checked before the first expensive
+stage, and a failed run leaves no empty directories behind.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
+from typing import NoReturn
 
+from groupinf.checks import check_device
 from groupinf.curvature import Damping, check_damping
 from groupinf.influence import TARGET_KINDS
 from groupinf.llm.cli import add_llm, run_llm
 from groupinf.training import ConvergenceError
+
+#: failures a user can cause and fix, reported in one line; anything else is a bug and keeps its traceback
+EXPECTED_ERRORS = (ValueError, OSError, ConvergenceError, ImportError)
 
 DATA_HELP = "digits | fashion-mnist | mnist | cifar10 | concrete | parkinsons | PATH.npz | PATH.csv"
 
@@ -25,6 +38,22 @@ def parse_damping(text: str) -> Damping:
         return check_damping(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def parse_device(text: str) -> str:
+    """A torch device that exists on this machine (``check_device``), as given."""
+    try:
+        check_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+class Parser(argparse.ArgumentParser):
+    """Argument errors in one line, ``groupinf: error: …``, as every other failure (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"groupinf: error: {message} (see `{self.prog} --help`)\n")
 
 
 def parse_ints(text: str) -> tuple[int, ...]:
@@ -134,7 +163,9 @@ def add_select(commands: argparse._SubParsersAction) -> None:
     select.add_argument("--method", choices=["greedy", "topk", "random"], default="greedy")
     select.add_argument("--terms", choices=["F+I", "F", "F+B", "F+I+B"], default="F+I")
     select.add_argument("--seed", type=int, default=0, help="seed of random selection")
-    select.add_argument("--device", default="cpu", help="torch device for the selection loop (cpu, cuda, ...)")
+    select.add_argument(
+        "--device", type=parse_device, default="cpu", help="torch device for the selection loop (cpu, cuda, ...)"
+    )
     select.add_argument("--out", type=Path, required=True, help="output directory")
 
 
@@ -151,7 +182,7 @@ def add_selection_eval(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="groupinf", description="Interaction-aware group influence.")
+    parser = Parser(prog="groupinf", description="Interaction-aware group influence.")
     commands = parser.add_subparsers(dest="command", required=True)
     add_faithfulness(commands)
     add_select(commands)
@@ -212,15 +243,15 @@ def run_select(args: argparse.Namespace) -> None:
     from groupinf.experiments.selection_eval import pool_features, prepare_pool
     from groupinf.features import SelectionFeatures, select_from_features
     from groupinf.files import atomic_save_npy, atomic_write_json
+    from groupinf.selection import check_budget
 
     pool_indices = None
     if args.features is not None:
         features = SelectionFeatures.load(args.features, args.device)
     else:
         config = pool_config(args)
+        check_budget(args.k, config.pool_size)
         shared, target = prepare_pool(config)
-        if args.k > config.pool_size:
-            raise ValueError(f"k = {args.k} is larger than the pool ({config.pool_size} candidates)")
         root = args.out / "work" / config.model_fingerprint(shared["data_fingerprint"])
         if args.checkpoint is not None:  # features of a given θ* live apart from those of a trained one
             root = (
@@ -262,15 +293,65 @@ COMMANDS = {
 }
 
 
+def check_output_directory(out: Path) -> None:
+    """A ``ValueError`` naming ``--out`` unless a run can write there (it need not exist yet)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory; pass a new or existing directory")
+    existing = next(path for path in (out, *out.parents) if path.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is a file, so no directory can be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: no permission to create files in {existing}")
+
+
+def directories(out: Path) -> set[Path]:
+    """``out``, its ancestors and its subdirectories that exist now."""
+    found = {path for path in (out, *out.parents) if path.is_dir()}
+    return found | {Path(d) for d, _, _ in os.walk(out)}
+
+
+def remove_new_empty_directories(out: Path, before: set[Path]) -> None:
+    """Remove the directories at, under or above ``out`` that are not in ``before`` and are empty."""
+    for directory in [*(Path(d) for d, _, _ in os.walk(out, topdown=False)), *out.parents]:
+        if directory not in before:
+            with suppress(OSError):  # not empty
+                directory.rmdir()
+
+
+def describe(error: BaseException) -> str:
+    """The error as one line; an OS error names its file first."""
+    text = str(error)
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        text = f"{error.filename}: {error.strerror}" + (f" (-> {error.filename2})" if error.filename2 else "")
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command: 0, or 2 after printing an expected failure in one line. An interrupt propagates (after
+    the same clean-up), for ``entry`` or an interactive caller to handle."""
     args = build_parser().parse_args(argv)
+    before, failed = directories(args.out), True
     try:
+        check_output_directory(args.out)
         COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, ConvergenceError) as error:
-        print(f"groupinf: error: {error}", file=sys.stderr)
+        failed = False
+        return 0
+    except EXPECTED_ERRORS as error:
+        print(f"groupinf: error: {describe(error)}", file=sys.stderr)
         return 2
-    return 0
+    finally:
+        if failed:
+            remove_new_empty_directories(args.out, before)
+
+
+def entry() -> int:
+    """The ``groupinf`` program: ``main``, with Ctrl-C ending it with a short message and exit code 130."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("groupinf: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

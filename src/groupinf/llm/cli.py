@@ -24,6 +24,12 @@ def parse_target(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def _parse_device(text: str) -> str:
+    from groupinf.cli import parse_device
+
+    return parse_device(text)
+
+
 def add_llm(commands: argparse._SubParsersAction) -> None:
     llm = commands.add_parser(
         "llm",
@@ -38,7 +44,9 @@ def add_llm(commands: argparse._SubParsersAction) -> None:
     warm.add_argument("--data", type=Path, required=True, help="the pool, a JSONL file")
     warm.add_argument("--out", type=Path, required=True, help="output directory (adapter/, optimizer.pt, warmup.json)")
     warm.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
-    warm.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    warm.add_argument(
+        "--device", type=_parse_device, default=None, help="torch device (default: cuda if available, else cpu)"
+    )
     add_options(warm, WarmupConfig)
 
     ext = steps.add_parser(
@@ -53,7 +61,12 @@ def add_llm(commands: argparse._SubParsersAction) -> None:
     ext.add_argument("--data", type=Path, required=True, help="a JSONL file: the pool or a target set")
     ext.add_argument("--out", type=Path, required=True, help="store directory")
     ext.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
-    ext.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    ext.add_argument(
+        "--device",
+        type=_parse_device,
+        default=None,
+        help="torch device (default: cuda:LOCAL_RANK if available, else cpu)",
+    )
     add_options(ext, ExtractConfig)
 
     sel = steps.add_parser("select", help="curvature, shifts and greedy F+I / top-k F / random per target")
@@ -64,7 +77,9 @@ def add_llm(commands: argparse._SubParsersAction) -> None:
     sel.add_argument("--n", type=int, default=None, help="examples θ* was trained on (default: from warmup.json)")
     sel.add_argument("--out", type=Path, required=True, help="output directory")
     sel.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
-    sel.add_argument("--device", default="cpu", help="torch device for the curvature and the selection")
+    sel.add_argument(
+        "--device", type=_parse_device, default="cpu", help="torch device for the curvature and the selection"
+    )
     add_options(sel, SelectConfig)
 
     exp = steps.add_parser(

@@ -36,7 +36,7 @@ from groupinf.influence import compute_shifts
 from groupinf.llm.config import SelectConfig, as_dict
 from groupinf.llm.curvature import fit_curvature
 from groupinf.llm.store import GradientStore
-from groupinf.selection import InteractionFactors
+from groupinf.selection import InteractionFactors, check_budget
 
 #: the settings that must agree between the pool store and a target store
 SHARED_SETTINGS = ("projection", "r_in", "r_out", "seed", "layers", "fisher", "precision")
@@ -121,6 +121,9 @@ def run_selection(
     train_size = n if n is not None else pool.spec.source.get("train_size")
     if train_size is None:
         raise ValueError("pass --n, the number of examples θ* was trained on (no warmup record beside the adapter)")
+    check_count(train_size, "n (the number of examples θ* was trained on)")
+    k = config.budget(pool.spec.num_examples)
+    check_budget(k, pool.spec.num_examples)
     stores = {name: GradientStore.open(path) for name, path in target_paths.items()}
     for name, store in stores.items():
         check_compatible(pool, store, name)
@@ -129,7 +132,6 @@ def run_selection(
     clock["curvature"] = time.perf_counter()
     features = pool_features(pool, curvature, targets, train_size, device)
     clock["features"] = time.perf_counter()
-    k = config.budget(pool.spec.num_examples)
     ids = pool.ids()
     out = Path(out)
     summary: dict[str, Any] = {}
