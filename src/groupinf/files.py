@@ -37,12 +37,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``, else removed.
 
     A reader therefore sees either the old file or the complete new one, never a partial file. The file's
-    permissions follow the umask, as those of a file opened for writing.
+    permissions follow the umask, as those of a file opened for writing (also when the writer replaced the
+    temporary file by one of its own).
     """
     path = Path(path)
     tmp = _create_beside(path, lambda name: os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
+    permissions = tmp.stat().st_mode
     try:
         yield tmp
+        os.chmod(tmp, permissions)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
