@@ -318,6 +318,15 @@ def remove_new_empty_directories(out: Path, before: set[Path]) -> None:
                 directory.rmdir()
 
 
+def report(message: str) -> None:
+    """Print ``message`` to stderr on a line of its own: the progress bars a failure cut short are closed first."""
+    from tqdm import tqdm
+
+    for bar in list(tqdm._instances):
+        bar.close()
+    print(message, file=sys.stderr)
+
+
 def describe(error: BaseException) -> str:
     """The error as one line; an OS error names its file first."""
     text = str(error)
@@ -337,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed = False
         return 0
     except EXPECTED_ERRORS as error:
-        print(f"groupinf: error: {describe(error)}", file=sys.stderr)
+        report(f"groupinf: error: {describe(error)}")
         return 2
     finally:
         if failed:
@@ -349,7 +358,7 @@ def entry() -> int:
     try:
         return main()
     except KeyboardInterrupt:
-        print("groupinf: interrupted; rerun the same command to resume", file=sys.stderr)
+        report("groupinf: interrupted; rerun the same command to resume")
         return 130
 
 

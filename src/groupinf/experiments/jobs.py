@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import signal
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,13 @@ def _init_worker(shared: Any, threads: int) -> None:
     _shared = shared
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit)
+
+
+def _exit(signum: int, frame: object) -> None:
+    """Stop a worker the pool terminates by an exception, so that its clean-up runs (it releases the
+    semaphores it made, e.g. for tqdm, which would otherwise be reported as leaked)."""
+    sys.exit(0)
 
 
 def _call(item: tuple[JobFn, str, Any]) -> tuple[str, Any]:
