@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from groupinf.checks import check_type
 from groupinf.losses import Loss
 from groupinf.params import ParamSpace
 
@@ -61,6 +62,7 @@ class Task:
     space: ParamSpace = field(init=False)
 
     def __post_init__(self) -> None:
+        check_type(float, "l2", self.l2)
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
         self.space = ParamSpace.of(self.model, self.param_names)
