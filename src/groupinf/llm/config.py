@@ -13,7 +13,7 @@ import json
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from groupinf.checks import check_fields, check_type
 from groupinf.curvature.base import Damping, check_damping
@@ -121,7 +121,9 @@ class SelectConfig:
     """Curvature, shifts and selection (Algorithm 1 in the projected space, one run per target)."""
 
     curvature: str = _help("ekfac, kfac (per projected layer) or dense (the d×d projected Fisher)", "ekfac")
-    damping: float | str = _help("damping ρ: a number >= 0 or 'heuristic' (0.1 × mean eigenvalue)", "heuristic")
+    damping: float | Literal["heuristic"] = _help(
+        "damping ρ: a number >= 0 or 'heuristic' (0.1 × mean eigenvalue)", "heuristic"
+    )
     l2: float = _help("L2 strength λ of the training objective (H = G + λI)", 0.0)
     k: int | None = _help("examples to select per target (default: fraction × pool size)", None)
     fraction: float = _help("examples to select as a fraction of the pool, when k is not given", 0.05)
@@ -163,7 +165,7 @@ def _converter(hint: Any) -> typing.Callable[[str], Any]:
         return _parse_bool
     if typing.get_origin(hint) is tuple:
         return lambda text: tuple(v.strip() for v in text.split(",") if v.strip())
-    if set(args) == {float, str}:
+    if hint == Damping:
         return _parse_damping
     base = args[0] if args else hint
     return base
