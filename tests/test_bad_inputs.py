@@ -163,6 +163,7 @@ def npz_unreadable(tmp, world, mp):
 
 def faithfulness_on(make: Callable[[Path], Path], *options: object) -> Callable:
     def case(tmp, world, mp):
+        mp.setattr("groupinf.experiments.faithfulness.fit_convex", not_called("training"))
         return ["faithfulness", "--data", make(tmp), *options, "--groups", 3, "--out", tmp / OUT]
 
     return case
@@ -170,6 +171,12 @@ def faithfulness_on(make: Callable[[Path], Path], *options: object) -> Callable:
 
 def toy_npz(tmp):
     return write_npz(tmp / "toy.npz")
+
+
+def regression_npz(tmp):
+    rng = np.random.default_rng(0)
+    np.savez(tmp / "regression.npz", X=rng.normal(size=(40, 3)), y=rng.normal(size=40))
+    return tmp / "regression.npz"
 
 
 def garbage_npz(tmp):
@@ -232,6 +239,14 @@ def llm_select_k_too_big(tmp, world, mp):
 def llm_select_n_zero(tmp, world, mp):
     mp.setattr("groupinf.llm.select.fit_curvature", not_called("fitting the curvature"))
     return [*pool_and_target(tmp)[:-1], "0", "--k", 3, "--out", tmp / OUT]
+
+
+def extract_with(*options: object) -> Callable:
+    def case(tmp, world, mp):
+        mp.setattr("groupinf.llm.models.load_model", not_called("loading the model"))
+        return ["llm", "extract", "--model", world.model, "--data", world.pool, *options, "--out", tmp / OUT]
+
+    return case
 
 
 def extract_running(tmp, world, mp):
@@ -318,6 +333,13 @@ CLI_CASES: dict[str, tuple[Callable, list[str]]] = {
     ),
     "missing features file": (features_missing, ["no feature file", "groupinf select --data"]),
     "--max-train -5": (faithfulness_on(toy_npz, "--max-train", "-5"), ["max_train must be an integer >= 1"]),
+    "--group-size above the data": (faithfulness_on(toy_npz, "--group-size", 500), ["group_size must be in [1, 28]"]),
+    "--class-pairs on regression data": (
+        faithfulness_on(regression_npz, "--class-pairs"),
+        ["class-pair analysis needs a classification data set; ", "regression.npz is regression"],
+    ),
+    "--layers not a regular expression": (extract_with("--layers", "q_proj("), ["layers must be a regular expression"]),
+    "--adapter missing": (extract_with("--adapter", "no-adapter"), ["no LoRA adapter at no-adapter"]),
     "shard overwritten at the same size": (shard_overwritten, ["00001.gradients.bin does not match the checksum"]),
     # 7: checks that ran too late
     "select --k 0": (select_k_zero, ["k must be in [1, 60]"]),
@@ -335,6 +357,10 @@ CLI_CASES: dict[str, tuple[Callable, list[str]]] = {
         ["[experiment] finetune: epochs must be an integer, got 2.5"],
     ),
     'experiment "threads": 0': (experiment("experiment", {"threads": 0}), ["threads must be an integer >= 1"]),
+    "experiment target without a dev set": (
+        experiment("experiment", {"targets": {"math": {"type": "math", "eval": "e.jsonl"}}}),
+        ["target 'math' needs ['dev']"],
+    ),
     "config section not an object": (llm_select_config({"select": [1, 2]}), ["[select] must be an object"]),
     "config file not JSON": (not_json, ["c.json is not valid JSON"]),
     "select --lr nan": (

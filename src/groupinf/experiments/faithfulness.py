@@ -35,7 +35,7 @@ from groupinf.experiments.common import as_tensors, digest, fit_curvature
 from groupinf.experiments.figures import class_pair_figure, image_view
 from groupinf.experiments.jobs import run_jobs
 from groupinf.files import atomic_path, atomic_write_json
-from groupinf.groups import group_sums, nearest_neighbour_groups, validate_groups
+from groupinf.groups import check_group_settings, group_sums, nearest_neighbour_groups, validate_groups
 from groupinf.influence import TARGET_KINDS, GroupInfluence
 from groupinf.models import linear_model, loss_for, mlp, resnet9, weight_parameters
 from groupinf.target import mean_loss
@@ -334,6 +334,9 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
 
     start = time.perf_counter()
     group_size = config.group_size or max(2, round(0.05 * n))
+    check_group_settings(config.groups, group_size, n)
+    if config.class_pairs and data.kind != "classification":
+        raise ValueError(f"the class-pair analysis needs a classification data set; {config.data} is {data.kind}")
     if config.model == "lr":
         task, _ = build_task(data, config.l2)
         theta = fit_convex(task, task.theta(), X, y, n)
@@ -433,8 +436,6 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
             sweep[str(value)] = {method: stats["mean"] for method, stats in swept_summary.items()}
         results["damping_sweep"] = sweep
     if config.class_pairs:
-        if data.kind != "classification":
-            raise ValueError("the class-pair analysis needs a classification data set")
         pairs = class_pair_interactions(influence.shifts, influence.hf, y, data.num_classes)
         results["class_pairs"] = {"average": pairs.average.tolist(), "lowest": pairs.lowest, "highest": pairs.highest}
         class_pair_figure(

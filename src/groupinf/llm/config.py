@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -107,6 +108,11 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.layers is not None:
+            try:
+                re.compile(self.layers)
+            except re.error as error:
+                raise ValueError(f"layers must be a regular expression, got {self.layers!r} ({error})") from None
         for name in ("r_in", "r_out", "batch_size", "batch_tokens", "shard_size", "max_length"):
             _positive(name, getattr(self, name))
         _choose("projection", self.projection, PROJECTIONS)

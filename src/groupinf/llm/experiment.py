@@ -159,6 +159,9 @@ def resolve_world(plan: Plan, out: Path, stages: Stages | None = None) -> tuple[
     for name, spec in targets.items():
         if spec.get("type") not in ("mc", "math", "qa"):
             raise ValueError(f"target {name!r}: unknown task type {spec.get('type')!r}; use mc, math or qa")
+        missing = sorted({"dev", "eval"} - set(spec))
+        if missing:
+            raise ValueError(f"target {name!r} needs {missing}: JSONL files of its dev set and its eval task")
         resolved[name] = {**spec, "dev": base / spec["dev"], "eval": base / spec["eval"]}
     if not resolved:
         raise ValueError("no target tasks configured")

@@ -25,6 +25,7 @@ from groupinf.files import exclusive
 from groupinf.llm.config import ExtractConfig, as_dict
 from groupinf.llm.data import Encoded, collate, encode, load_records, naming_lines, pad_id
 from groupinf.llm.models import (
+    check_adapter,
     check_model,
     linear_layers,
     load_model,
@@ -106,6 +107,8 @@ def extract(
     ``out`` throughout, so a second extraction into the same directory stops at once instead of racing it.
     """
     check_model(model)
+    if adapter is not None:
+        check_adapter(adapter)
     workers = Workers.from_env(device)
     try:
         with ExitStack() as held:
