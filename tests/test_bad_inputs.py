@@ -227,7 +227,7 @@ def shard_overwritten(tmp, world, mp):
 
 
 def select_k_zero(tmp, world, mp):
-    mp.setattr("groupinf.experiments.selection_eval.prepare_pool", not_called("loading the pool"))
+    mp.setattr("groupinf.experiments.selection_eval.prepare_problem", not_called("loading the pool"))
     return ["select", *DIGITS, "--k", 0, "--out", tmp / OUT]
 
 
@@ -342,7 +342,7 @@ CLI_CASES: dict[str, tuple[Callable, list[str]]] = {
     "--adapter missing": (extract_with("--adapter", "no-adapter"), ["no LoRA adapter at no-adapter"]),
     "shard overwritten at the same size": (shard_overwritten, ["00001.gradients.bin does not match the checksum"]),
     # 7: checks that ran too late
-    "select --k 0": (select_k_zero, ["k must be in [1, 60]"]),
+    "select --k 0": (select_k_zero, ["k must be >= 1, got 0"]),
     "llm select --k larger than the pool": (llm_select_k_too_big, ["k must be in [1, 40]"]),
     "llm select --n 0": (llm_select_n_zero, ["n (the number of examples θ* was trained on) must be an integer >= 1"]),
     "second llm extract into the same store": (extract_running, ["another process is extracting gradients", "store"]),

@@ -13,6 +13,7 @@ from groupinf.curvature_ops import LowRankCurvature
 from groupinf.data import load_dataset
 from groupinf.features import SelectionFeatures, compute_features, select_from_features
 from groupinf.influence import target_curvature
+from groupinf.methods import METHODS
 from groupinf.training import SGDConfig
 
 
@@ -133,20 +134,26 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
     assert cli.pool_config(paper).sgd == SGDConfig(epochs=200, lr=0.01, cosine=True)
     constant = cli.build_parser().parse_args(["select", "--no-cosine", "--k", "1", "--out", "x"])
     assert cli.pool_config(constant).sgd == SGDConfig(epochs=100, lr=0.05, cosine=False)
-    assert set(results["results"]) == {"F+I", "F", "F+B", "F+I+B", "random"}
+    assert set(results["results"]) == set(METHODS)
     for rows in results["results"].values():
         assert set(rows) == {"5", "10"}
         assert all(np.isfinite(r["test_loss_mean"]) and 0 <= r["class_entropy"] <= np.log(10) for r in rows.values())
-    labels = load_dataset("digits").y_train[results["pool_indices"]]
-    assert len(results["pool_indices"]) == 300
+    labels = load_dataset("digits").y_train[results["pool_train_indices"]]
+    assert len(results["pool_train_indices"]) == 300
     for name, rows in results["results"].items():
         for k, row in rows.items():
-            picks = [np.asarray(s)[: int(k)] for s in results["selections"][name]]
+            picks = results["selections"][name][k]
+            assert len(picks) == (2 if METHODS[name].randomised else 1)
+            assert all(len(set(p)) == int(k) for p in picks)
             expected = np.mean([np.bincount(labels[idx], minlength=10) for idx in picks], axis=0)
             np.testing.assert_allclose(row["class_counts"], expected)
             assert sum(row["class_counts"]) == pytest.approx(int(k))
+        # deterministic methods with a fixed α: the smaller budget's pick is a prefix of the larger's
+        if not METHODS[name].randomised:
+            assert results["selections"][name]["10"][0][:5] == results["selections"][name]["5"][0]
     assert (run_dir / "selection.png").stat().st_size > 10_000
-    assert "F+I test loss" in (run_dir / "results.md").read_text()
+    report = (run_dir / "results.md").read_text()
+    assert "Test loss (mean ± std over seeds)" in report and "| F+I | " in report and "Class entropy" in report
     assert cli.main(list(map(str, ["select", *pool[:-2], "--pool-size", 0, "--k", 1, "--out", out]))) == 2
     assert cli.main(list(map(str, ["select", *pool, "--target-size", 0, "--k", 1, "--out", out]))) == 2
     assert cli.main(list(map(str, ["select", *pool, "--k", 301, "--out", tmp_path / "big"]))) == 2

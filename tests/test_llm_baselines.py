@@ -9,14 +9,13 @@ import math
 import pytest
 import torch
 
+from groupinf.coresets import cosine_matrix, mean_similarity
 from groupinf.llm.baselines import (
     AdamState,
     LessCheckpoint,
-    cosine_matrix,
     embed_texts,
     gaussian_projection,
     less_scores,
-    mean_similarity,
     per_example_gradients,
     pooled_hidden_states,
     position_weights,

@@ -121,6 +121,20 @@ def test_low_rank_form_equals_dense_at_full_rank():
     torch.testing.assert_close(sel_dense.scores, sel_low.scores)
 
 
+def test_gram_factors_give_the_same_interactions_and_picks():
+    shifts, Hf, grad_f = random_problem(C=20, p=30, seed=5)
+    dense = InteractionFactors.dense(shifts, DenseCurvature(Hf))
+    gram = dense.gram()
+    assert gram.left.shape == (20, 20)
+    torch.testing.assert_close(gram.left @ gram.right.T, dense.left @ dense.right.T)
+    torch.testing.assert_close(gram.self_terms(), dense.self_terms())
+    a = shifts @ grad_f
+    for alpha in (1.0, 6.0):
+        by_dense, by_gram = (greedy_select(a, 12, f, interaction_scale=alpha) for f in (dense, gram))
+        assert torch.equal(by_dense.indices, by_gram.indices)
+        torch.testing.assert_close(by_dense.scores, by_gram.scores)
+
+
 def test_topk_and_random():
     shifts, _, grad_f = random_problem()
     a = shifts @ grad_f

@@ -20,6 +20,7 @@ from groupinf.checks import check_device
 from groupinf.curvature import Damping, check_damping
 from groupinf.influence import TARGET_KINDS
 from groupinf.llm.cli import add_llm, run_llm
+from groupinf.selection import InteractionScale, parse_interaction_scale
 from groupinf.training import ConvergenceError
 
 #: failures a user can cause and fix, reported in one line; anything else is a bug and keeps its traceback
@@ -124,13 +125,66 @@ def add_faithfulness(commands: argparse._SubParsersAction) -> None:
     faith.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
 
 
+def parse_scale(text: str) -> InteractionScale:
+    """``--interaction-scale``: a number > 0 or "auto"."""
+    try:
+        return parse_interaction_scale(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def parse_fraction(text: str) -> float:
+    """A fraction in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def parse_labels(text: str) -> tuple[int, ...]:
+    """``"0,2,4"`` -> ``(0, 2, 4)``: class labels, 0 allowed."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class labels, got {text!r}") from None
+    if min(values) < 0 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct class labels >= 0, got {text!r}")
+    return values
+
+
 def add_pool_options(parser: argparse.ArgumentParser) -> None:
-    """Options that describe the pool, the target set and θ* (shared by select and selection-eval)."""
+    """Options that describe the selection problem and θ* (shared by select and selection-eval)."""
     parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu", help="settings preset (default cpu)")
     parser.add_argument("--data", default=None, help=f"{DATA_HELP} (default: fashion-mnist)")
     parser.add_argument("--data-dir", default=None, help="directory holding the data set's files")
-    parser.add_argument("--pool-size", type=int, default=None, help="candidates drawn from the training set")
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=None,
+        help="candidates drawn from the training set (default: the preset's 2000 / 10000, or all of X for an "
+        ".npz with X_target)",
+    )
     parser.add_argument("--target-size", type=int, default=None, help="validation examples defining the target")
+    regime = parser.add_argument_group("pool regime (docs/selection.md)")
+    regime.add_argument(
+        "--target-classes",
+        type=parse_labels,
+        default=None,
+        help="targeted: the target and test sets hold only these classes, e.g. 0,2,4,6 (the pool keeps all)",
+    )
+    regime.add_argument(
+        "--duplicates", type=parse_fraction, default=None, help="redundant: this fraction of the pool is near copies"
+    )
+    regime.add_argument("--duplicate-sources", type=int, default=None, help="examples the duplicates copy (default 10)")
+    regime.add_argument(
+        "--duplicate-noise", type=float, default=None, help="std of the duplicates' noise, standardised units (0.1)"
+    )
+    regime.add_argument(
+        "--label-noise", type=parse_fraction, default=None, help="noisy: this fraction of the pool has a wrong label"
+    )
     parser.add_argument("--hidden", type=parse_ints, default=None, help="MLP hidden widths, e.g. 64,64")
     parser.add_argument(
         "--curvature", choices=["exact", "ggn", "kfac", "ekfac"], default=None, help="training curvature"
@@ -138,6 +192,13 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--damping", type=parse_damping, default=None, help="damping ρ or 'heuristic'")
     parser.add_argument(
         "--target-curvature", choices=TARGET_KINDS, default=None, help="H_f products, whole or per-layer blocks"
+    )
+    parser.add_argument(
+        "--interaction-scale",
+        type=parse_scale,
+        default=None,
+        help="α of the interaction term (F+I: −Σa_c + α·½δ_SᵀH_fδ_S): a number > 0, or 'auto' (chosen per budget "
+        "on halves of the target set by retraining; default 1, the paper's)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="SGD epochs of θ* and every retraining")
     parser.add_argument("--lr", type=float, default=None, help="SGD learning rate of θ* and every retraining")
@@ -170,13 +231,26 @@ def add_select(commands: argparse._SubParsersAction) -> None:
 
 
 def add_selection_eval(commands: argparse._SubParsersAction) -> None:
+    from groupinf.methods import METHODS
+
     evaluate = commands.add_parser(
         "selection-eval",
-        help="retrain on each method's selections: test loss and class entropy vs budget (paper §5.1)",
+        help="retrain on each method's selections: test loss, class entropy and purity vs budget (paper §5.1)",
     )
     add_pool_options(evaluate)
     evaluate.add_argument("--budgets", type=parse_ints, default=None, help="budgets, e.g. 20,40,80")
     evaluate.add_argument("--seeds", type=int, default=None, help="retraining seeds per subset")
+    evaluate.add_argument(
+        "--methods",
+        type=lambda text: tuple(text.split(",")),
+        default=None,
+        help=f"comma-separated, from {', '.join(METHODS)} (default: all)",
+    )
+    evaluate.add_argument(
+        "--scale-sweep", type=parse_floats, default=None, help="extra F+I rows at these fixed α, e.g. 1,4,16"
+    )
+    evaluate.add_argument("--scale-grid", type=parse_floats, default=None, help="the α values 'auto' chooses from")
+    evaluate.add_argument("--scale-seeds", type=int, default=None, help="retraining seeds per α and fold for 'auto'")
     evaluate.add_argument("--workers", type=int, default=None, help="retraining processes")
     evaluate.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
 
@@ -194,12 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
 def pool_config(args: argparse.Namespace, **extra: object):
     from dataclasses import replace
 
+    from groupinf.experiments.pools import PoolRegime
     from groupinf.experiments.selection_eval import PRESETS, with_overrides
 
     changes = {k: getattr(args, k) for k in ("epochs", "lr") if getattr(args, k) is not None}
     if args.cosine is not None:
         changes["cosine"] = args.cosine
     sgd = replace(PRESETS[args.preset].sgd, **changes) if changes else None
+    regime_keys = ("target_classes", "duplicates", "duplicate_sources", "duplicate_noise", "label_noise")
+    regime = PoolRegime(**{k: getattr(args, k) for k in regime_keys if getattr(args, k) is not None})
     return with_overrides(
         args.preset,
         data=args.data,
@@ -211,6 +288,8 @@ def pool_config(args: argparse.Namespace, **extra: object):
         damping=args.damping,
         target_curvature=args.target_curvature,
         sgd=sgd,
+        regime=regime,
+        interaction_scale=args.interaction_scale,
         **extra,
     )
 
@@ -240,46 +319,87 @@ def run_select(args: argparse.Namespace) -> None:
     import numpy as np
 
     from groupinf.experiments.common import digest
-    from groupinf.experiments.selection_eval import pool_features, prepare_pool
+    from groupinf.experiments.jobs import run_jobs
+    from groupinf.experiments.selection_eval import (
+        PoolAnalysis,
+        choose_interaction_scale,
+        prepare_problem,
+        shared_data,
+        train_model,
+    )
     from groupinf.features import SelectionFeatures, select_from_features
     from groupinf.files import atomic_save_npy, atomic_write_json
-    from groupinf.selection import check_budget
 
-    pool_indices = None
+    scale = 1.0 if args.interaction_scale is None else args.interaction_scale
+    if args.interaction_scale is not None and ("I" not in args.terms or args.method == "random"):
+        raise ValueError("--interaction-scale scales the interaction term: use it with --terms F+I or F+I+B")
+    if args.k < 1:
+        raise ValueError(f"k must be >= 1, got {args.k}")
+    pool_indices, scale_choice = None, None
     if args.features is not None:
+        if scale == "auto":
+            raise ValueError(
+                "--interaction-scale auto chooses α by retraining on halves of the target set, which a feature "
+                "file does not hold: select with --data (and --checkpoint), or give α as a number"
+            )
         features = SelectionFeatures.load(args.features, args.device)
     else:
         config = pool_config(args)
-        check_budget(args.k, config.pool_size)
-        shared, target = prepare_pool(config)
-        root = args.out / "work" / config.model_fingerprint(shared["data_fingerprint"])
+        problem, fingerprint = prepare_problem(config)
+        if args.k > len(problem.X_pool):
+            raise ValueError(f"k = {args.k} is larger than the pool ({len(problem.X_pool)} candidates)")
+        root = args.out / "work" / config.model_fingerprint(fingerprint)
         if args.checkpoint is not None:  # features of a given θ* live apart from those of a trained one
             root = (
                 root / f"checkpoint-{digest(args.checkpoint.read_bytes()) if args.checkpoint.is_file() else 'missing'}"
             )
-        features = pool_features(config, shared, target, root, args.checkpoint).to(args.device)
-        pool_indices = shared["pool_indices"]
-    selection = select_from_features(features, args.k, args.method, args.terms, args.seed, progress=True)
+        analysis = PoolAnalysis(config, problem, root, args.checkpoint)
+        if scale == "auto":
+            shared = shared_data(config, problem)
+
+            def retrain(jobs: dict) -> dict:
+                return run_jobs(train_model, jobs, root / "retrain", shared, config.workers, desc="choosing α")
+
+            scale_choice = choose_interaction_scale(analysis, (args.k,), retrain)[str(args.k)]
+            scale = float(scale_choice["chosen"])
+        features = analysis.features().to(args.device)
+        pool_indices = problem.train_indices
+    selection = select_from_features(
+        features, args.k, args.method, args.terms, args.seed, progress=True, interaction_scale=scale
+    )
     indices = selection.indices.cpu().numpy()
     record = {
         "method": selection.method,
         "terms": selection.terms,
         "k": args.k,
+        "interaction_scale": selection.interaction_scale,
         "indices": indices.tolist(),
         "scores": selection.scores.cpu().tolist(),
     }
+    if scale_choice is not None:
+        record["interaction_scale_auto"] = scale_choice
     if pool_indices is not None:
         record["train_indices"] = pool_indices[indices].tolist()
     atomic_save_npy(args.out / "selection.npy", indices.astype(np.int64))
     atomic_write_json(args.out / "selection.json", record)
-    print(f"selected {args.k} of {features.num_candidates} candidates ({selection.method}, {selection.terms})")
+    alpha = f", α = {selection.interaction_scale:g}" if "I" in selection.terms else ""
+    print(f"selected {args.k} of {features.num_candidates} candidates ({selection.method}, {selection.terms}{alpha})")
     print(f"wrote {args.out / 'selection.json'} and {args.out / 'selection.npy'}")
 
 
 def run_selection_eval(args: argparse.Namespace) -> None:
     from groupinf.experiments.selection_eval import format_table, run_selection_eval
 
-    config = pool_config(args, budgets=args.budgets, seeds=args.seeds, workers=args.workers)
+    config = pool_config(
+        args,
+        budgets=args.budgets,
+        seeds=args.seeds,
+        workers=args.workers,
+        methods=args.methods,
+        scale_sweep=args.scale_sweep,
+        scale_grid=args.scale_grid,
+        scale_seeds=args.scale_seeds,
+    )
     results = run_selection_eval(config, args.out)
     print(format_table(results))
     print(f"wrote {results['out']}/results.json, results.md and selection.png")

@@ -1,4 +1,4 @@
-"""Group estimators of the change in the target: pure tensor math, no models (MATH.md, "Estimators").
+"""Group estimators of the change in the target: pure tensor math, no models (docs/math.md §3).
 
 Inputs are per-example shifts ``δ_i = (1/n) H⁻¹ g_i`` (rows of ``(n, p)``), the target gradient
 ``∇f`` ``(p,)`` and a ``TargetCurvature`` for ``H_f``. Settings: "removal" (``Δθ ≈ +δ_G``) and

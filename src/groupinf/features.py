@@ -60,6 +60,13 @@ class SelectionFeatures:
             raise ValueError("these features have no Basu factors; recompute them with basu='exact' or 'ggn'")
         return (self.interactions if "I" in terms else None), (self.basu if "B" in terms else None)
 
+    def with_gram_interactions(self) -> SelectionFeatures:
+        """The same features with ``InteractionFactors.gram`` factors when that makes them narrower
+        (``C < d``), for many greedy runs over one pool; Basu's factors are kept."""
+        if self.num_candidates >= self.interactions.left.shape[1]:
+            return self
+        return SelectionFeatures(self.first_order, self.interactions.gram(), self.basu, dict(self.meta))
+
     def to(self, device: str | torch.device) -> SelectionFeatures:
         """A copy with every tensor on ``device`` (shared shifts stay shared)."""
         moved: dict[int, Tensor] = {}
@@ -120,13 +127,19 @@ def compute_features(
     hf: TargetCurvature,
     basu: Literal["exact", "ggn"] | None = None,
     batch_size: int = 256,
+    shifts: Tensor | None = None,
 ) -> SelectionFeatures:
     """Features of candidates ``(inputs, targets)`` at ``θ*`` for the task's target.
 
     ``hf`` gives ``H_f``: a ``LowRankCurvature`` yields ``r``-dim factors, anything else ``p``-dim
-    ones (``u_c = H_f δ_c``). ``basu`` adds Basu's factors with exact or Gauss–Newton ``H_c``.
+    ones (``u_c = H_f δ_c``). ``basu`` adds Basu's factors with exact or Gauss–Newton ``H_c``. ``shifts``
+    ``(C, p)``, the candidates' ``δ_c`` if already computed (they do not depend on the target), saves
+    recomputing them.
     """
-    shifts = compute_shifts(curvature, per_example_gradients(task, theta, inputs, targets, batch_size), n)
+    if shifts is None:
+        shifts = candidate_shifts(task, theta, curvature, inputs, targets, n, batch_size)
+    elif shifts.shape != (len(inputs), theta.numel()):
+        raise ValueError(f"shifts must be ({len(inputs)}, {theta.numel()}), got {tuple(shifts.shape)}")
     grad_f = task.target.gradient(task, theta)
     if isinstance(hf, LowRankCurvature):
         interactions = InteractionFactors.low_rank(shifts, hf)
@@ -144,6 +157,13 @@ def compute_features(
         basu_factors = BasuFactors(response, shifts, n)
     meta = {"n": str(n), "damping": str(curvature.damping), "hf": type(hf).__name__}
     return SelectionFeatures(shifts @ grad_f, interactions, basu_factors, meta)
+
+
+def candidate_shifts(
+    task: Task, theta: Tensor, curvature: Curvature, inputs: Tensor, targets: Tensor, n: int, batch_size: int = 256
+) -> Tensor:
+    """``δ_c = (1/n) H⁻¹ g_c`` ``(C, p)`` of candidates ``(inputs, targets)`` at ``θ*``."""
+    return compute_shifts(curvature, per_example_gradients(task, theta, inputs, targets, batch_size), n)
 
 
 METHODS = ("greedy", "topk", "random")

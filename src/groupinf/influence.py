@@ -39,7 +39,7 @@ def compute_shifts(curvature: Curvature, gradients: Tensor, n: int) -> Tensor:
 
 def target_curvature(task: Task, theta: Tensor, kind: TargetKind) -> TargetCurvature:
     """``H_f`` of the task's target as an operator: exact Hessian- or Gauss–Newton-vector products, or
-    ("block-…") their per-layer diagonal blocks (MATH.md, "Curvature approximations")."""
+    ("block-…") their per-layer diagonal blocks (docs/math.md §7)."""
     if kind == "exact":
         return OperatorCurvature(lambda V: task.target.hvp(task, theta, V))
     if kind == "ggn":

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from groupinf.checks import check_count
 from groupinf.curvature_ops import LowRankCurvature, TargetCurvature
 
 
@@ -50,6 +51,15 @@ class InteractionFactors:
     @property
     def num_candidates(self) -> int:
         return self.left.shape[0]
+
+    def gram(self) -> InteractionFactors:
+        """The same interactions with ``d = C``: ``left`` = all ``δ_cᵀH_fδ_c'`` ``(C, C)``, ``right = I``.
+
+        One matrix product instead of one memory-bound pass over ``(C, d)`` per greedy step: worth it when
+        ``C < d`` and several greedy runs (budgets, interaction scales) share the factors.
+        """
+        eye = torch.eye(self.num_candidates, dtype=self.left.dtype, device=self.left.device)
+        return InteractionFactors(self.left @ self.right.T, eye)
 
     def self_terms(self) -> Tensor:
         """``s_c = δ_cᵀ H_f δ_c`` ``(C,)``."""
@@ -125,7 +135,7 @@ def check_first_order(first_order: Tensor, factors: InteractionFactors | None = 
 class BasuFactors:
     """Basu et al.'s second-order response for ADDING a set ``S`` (groupinf's extension to selection).
 
-    Removal (MATH.md): ``Δθ_B = (1−2p)/(1−p)² δ_G + 1/(1−p)² (1/n) H⁻¹ H_G δ_G``. The same
+    Removal (docs/math.md §3): ``Δθ_B = (1−2p)/(1−p)² δ_G + 1/(1−p)² (1/n) H⁻¹ H_G δ_G``. The same
     second-order expansion of ``θ_ε`` at ``ε = +1/n`` per example gives, with ``p → −p``,
     ``Δθ_B^add(S) = −(1+2p)/(1+p)² δ_S + 1/(1+p)² (1/n) H⁻¹ H_S δ_S``, ``p = |S|/n``. Its target term
     ``∇fᵀ(1/n)H⁻¹H_Sδ_S = Σ_{z,c∈S} w_zᵀ δ_c`` with ``w_z = H_z q`` and ``q = (1/n) H⁻¹ ∇f``.
@@ -141,8 +151,7 @@ class BasuFactors:
             raise ValueError(
                 f"Basu factors must both be (C, p), got {tuple(self.response.shape)} and {tuple(self.shifts.shape)}"
             )
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
+        check_count(self.n, "n (the training-set size)")
 
     def coefficients(self, size: int) -> tuple[float, float]:
         """``(c₁, c₂)`` of ``∇fᵀΔθ_B^add = −c₁ a_S + c₂ K_S`` for a set of ``size`` candidates."""

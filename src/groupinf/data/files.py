@@ -12,7 +12,7 @@ from groupinf.data.csvfile import read_csv, to_float
 from groupinf.data.dataset import Dataset
 from groupinf.data.errors import find_file
 
-NPZ_REMEDY = "Check the path; the archive needs arrays X and y, optionally X_test and y_test."
+NPZ_REMEDY = "Check the path; the archive needs arrays X and y, optionally X_test, y_test, X_target and y_target."
 NPZ_SAVE = "write one with numpy.savez(path, X=features, y=labels)"
 CSV_REMEDY = "Check the path; the file needs a header row naming its columns."
 
@@ -20,9 +20,11 @@ CSV_REMEDY = "Check the path; the file needs a header row naming its columns."
 def load_npz(path: str | Path) -> Dataset:
     """Arrays ``X`` (n, *feature_shape), ``y`` (n,) and optional ``X_test``, ``y_test`` from an ``.npz``.
 
-    Integer y means classification (labels remapped to 0..C-1 in sorted order of the original
-    values), floating-point y regression, even if every value is whole. Without a test split, 30 %
-    is held out with seed 0, stratified for classification. X is cast to float32, not rescaled.
+    Optional ``X_target``, ``y_target`` are the examples that define a selection target (``select`` and
+    ``selection-eval`` then take the pool from X and the target from them). Integer y means
+    classification (labels remapped to 0..C-1 in sorted order of the original values), floating-point y
+    regression, even if every value is whole. Without a test split, 30 % is held out with seed 0,
+    stratified for classification. X is cast to float32, not rescaled.
     """
     path = find_file([Path(path)], NPZ_REMEDY)
     arrays = read_npz(path)
@@ -30,7 +32,14 @@ def load_npz(path: str | Path) -> Dataset:
     if missing:
         raise ValueError(f"{path}: missing array(s) {sorted(missing)}; it holds {sorted(arrays)}")
     return dataset_from_arrays(
-        path.stem, arrays["X"], arrays["y"], arrays.get("X_test"), arrays.get("y_test"), source=path
+        path.stem,
+        arrays["X"],
+        arrays["y"],
+        arrays.get("X_test"),
+        arrays.get("y_test"),
+        X_target=arrays.get("X_target"),
+        y_target=arrays.get("y_target"),
+        source=path,
     )
 
 

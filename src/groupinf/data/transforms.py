@@ -30,20 +30,15 @@ def _scale(train: np.ndarray, channels: int | None) -> tuple[np.ndarray, np.ndar
 def standardize(data: Dataset, flatten: bool = True) -> Dataset:
     """Standardise features with training statistics (per feature, or per channel for pixel data, see
     ``Dataset.channels``), flattened to ``(n, d)`` unless ``flatten`` is False; regression targets are
-    standardised the same way."""
+    standardised the same way. A target split is transformed like the test split."""
     train = data.X_train.astype(np.float64).reshape(len(data.X_train), -1)
-    test = data.X_test.astype(np.float64).reshape(len(data.X_test), -1)
     mean, std = _scale(train, data.channels)
     shape = (-1,) if flatten else data.feature_shape
-    y_train, y_test = data.y_train, data.y_test
-    if data.kind == "regression":
-        y_mean, y_std = y_train.mean(), y_train.std() or 1.0
-        y_train = ((y_train - y_mean) / y_std).astype(np.float32)
-        y_test = ((y_test - y_mean) / y_std).astype(np.float32)
-    return replace(
-        data,
-        X_train=((train - mean) / std).astype(np.float32).reshape(len(train), *shape),
-        y_train=y_train,
-        X_test=((test - mean) / std).astype(np.float32).reshape(len(test), *shape),
-        y_test=y_test,
-    )
+    y_mean, y_std = (data.y_train.mean(), data.y_train.std() or 1.0) if data.kind == "regression" else (0.0, 1.0)
+    changed = {}
+    for split, X, y in data.splits():
+        flat = X.astype(np.float64).reshape(len(X), -1)
+        changed[f"X_{split}"] = ((flat - mean) / std).astype(np.float32).reshape(len(X), *shape)
+        if data.kind == "regression":
+            changed[f"y_{split}"] = ((y - y_mean) / y_std).astype(np.float32)
+    return replace(data, **changed)

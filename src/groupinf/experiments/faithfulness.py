@@ -1,4 +1,4 @@
-"""Faithfulness to leave-group-out retraining (paper §4; MATH.md "Evaluation protocols").
+"""Faithfulness to leave-group-out retraining (paper §4; docs/math.md §9).
 
 Train, build nearest-neighbour groups in output space, retrain without each group for the ground
 truth ``Δf(−G) = f(θ*_{D\\G}) − f(θ*)`` (``f`` = mean test loss) and rank-correlate every

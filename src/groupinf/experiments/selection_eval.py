@@ -1,59 +1,70 @@
-"""Selection quality by retraining (paper §5.1; MATH.md "Evaluation protocols").
+"""Selection quality by retraining (paper §5.1; docs/math.md §9).
 
-A candidate pool is drawn by a fixed permutation of the training set and ``θ*`` is trained on it
-(MLP with dropout). Per-candidate features (shifts from the damped training curvature, the target's
-Gauss–Newton products, Basu's factors) are computed once; every method selects ``k`` examples at each
-budget; each subset is retrained from scratch over several seeds and scored by held-out test loss;
-the class entropy of each subset measures its diversity.
+A selection problem (``pools.build_problem``: clean, targeted, redundant or noisy pool) is drawn and
+``θ*`` is trained on the pool (MLP with dropout). Per-candidate inputs are computed once: influence
+features (shifts from the damped training curvature, the target's Gauss–Newton products, Basu's factors),
+and, for the baselines that need them, per-example gradients, the target's gradients and penultimate-layer
+features. Every method selects at each budget; each subset is retrained from scratch over several seeds and
+scored by held-out test loss; class entropy and the regime's purity describe the subsets.
 
-The target ``f`` is the mean loss on a validation set of training examples outside the pool, so
-the test split used for the reported loss is never seen by any selection method.
+The target ``f`` is the mean loss on the target set (validation examples outside the pool), so the test
+split used for the reported loss is never seen by any selection method. ``interaction_scale="auto"``
+chooses F+I's ``α`` per budget on the target set alone: each half of it selects at every ``α`` of a grid,
+the subset is retrained, and its loss on the other half scores that ``α`` (2 folds × ``scale_seeds``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from groupinf.checks import check_fields
-from groupinf.curvature import Damping, check_damping
+from groupinf.curvature import Curvature, Damping, check_damping
 from groupinf.data import load_dataset
 from groupinf.data.transforms import standardize
-from groupinf.experiments.common import as_tensors, class_entropy, digest, fit_curvature
+from groupinf.experiments.common import class_entropy, digest, fit_curvature
 from groupinf.experiments.figures import figure, save
 from groupinf.experiments.jobs import run_jobs
-from groupinf.features import SelectionFeatures, compute_features, select_from_features
+from groupinf.experiments.pools import PoolRegime, SelectionProblem, build_problem
+from groupinf.features import SelectionFeatures, candidate_shifts, compute_features
 from groupinf.files import atomic_path, atomic_write_bytes, atomic_write_json, read_safetensors
+from groupinf.gradients import per_example_gradients
 from groupinf.influence import TARGET_KINDS, target_curvature
 from groupinf.losses import CrossEntropy
+from groupinf.methods import METHODS, PoolInputs, run_method
 from groupinf.models import mlp
+from groupinf.selection import InteractionScale, check_interaction_scale, greedy_select
 from groupinf.target import mean_loss
 from groupinf.task import Task
 from groupinf.training import SGDConfig, train_sgd
 
-#: method name -> (selection method, objective terms)
-METHODS: dict[str, tuple[str, str]] = {
-    "F+I": ("greedy", "F+I"),
-    "F": ("topk", "F"),
-    "F+B": ("greedy", "F+B"),
-    "F+I+B": ("greedy", "F+I+B"),
-    "random": ("random", "F"),
-}
+#: ``α`` values ``auto`` chooses from: powers of two around the paper's 1, up to about ``n/k`` at k = 25
+SCALE_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+#: the halves of the target set that ``auto`` selects with and scores on
+HALVES = ("A", "B")
 
 
 @dataclass(frozen=True)
 class SelectionEvalConfig:
-    """One §5.1 run. ``preset`` "cpu" is scaled to 2 CPU cores; "paper" follows Table 3 / App. E."""
+    """One §5.1 run. ``preset`` "cpu" is scaled to 2 CPU cores; "paper" follows Table 3 / App. E.
+
+    ``pool_size`` None: ``default_pool_size`` candidates, or all of ``X`` for a data set with its own
+    target split. ``interaction_scale`` is F+I's ``α`` (a number, or "auto"); F+I+B keeps the paper's
+    ``α = 1``. ``scale_sweep`` adds one F+I row per fixed ``α`` (named ``F+I α=…``).
+    """
 
     data: str = "fashion-mnist"
     data_dir: str | None = None
-    pool_size: int = 2000
+    pool_size: int | None = None
+    default_pool_size: int = 2000
     target_size: int = 1000
     hidden: tuple[int, ...] = (64, 64)
     dropout: float = 0.1
@@ -67,6 +78,11 @@ class SelectionEvalConfig:
     damping: Damping = 0.01
     target_curvature: str = "ggn"
     workers: int = 2
+    regime: PoolRegime = field(default_factory=PoolRegime)
+    interaction_scale: InteractionScale = 1.0
+    scale_grid: tuple[float, ...] = SCALE_GRID
+    scale_seeds: int = 2
+    scale_sweep: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         check_damping(self.damping)
@@ -74,34 +90,49 @@ class SelectionEvalConfig:
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
-        if self.pool_size < 1:
+        if self.pool_size is not None and self.pool_size < 1:
             raise ValueError(f"the candidate pool is empty (pool_size = {self.pool_size})")
         if self.target_size < 1:
             raise ValueError(f"the target set has no examples (target_size = {self.target_size})")
         if self.target_curvature not in TARGET_KINDS:
             raise ValueError(f"target curvature must be one of {TARGET_KINDS}, got {self.target_curvature!r}")
-        if self.seeds < 1 or self.workers < 1:
-            raise ValueError("seeds and workers must be >= 1")
+        if self.seeds < 1 or self.workers < 1 or self.scale_seeds < 1:
+            raise ValueError("seeds, scale seeds and workers must be >= 1")
+        if self.interaction_scale != "auto":
+            check_interaction_scale(self.interaction_scale)
+        if not self.scale_grid:
+            raise ValueError("the interaction-scale grid is empty")
+        for alpha in (*self.scale_grid, *self.scale_sweep):
+            check_interaction_scale(alpha)
 
-    def check_budgets(self) -> None:
-        if not self.budgets or min(self.budgets) < 1 or max(self.budgets) > self.pool_size:
-            raise ValueError(f"budgets must lie in [1, pool_size = {self.pool_size}], got {self.budgets}")
+    def check_budgets(self, pool_size: int) -> None:
+        if not self.budgets or min(self.budgets) < 1 or max(self.budgets) > pool_size:
+            raise ValueError(f"budgets must lie in [1, pool size = {pool_size}], got {self.budgets}")
 
     def model_fingerprint(self, data_fingerprint: str) -> str:
-        """A short hash of the settings and the (standardised) data that determine the pool, θ* and every
+        """A short hash of the settings and the (standardised) data that determine the problem, θ* and every
         retraining."""
-        keys = ("data", "data_dir", "pool_size", "target_size", "hidden", "dropout", "sgd")
-        return digest({k: getattr(self, k) for k in keys} | {"data_fingerprint": data_fingerprint})
+        keys = ("data", "data_dir", "pool_size", "default_pool_size", "target_size", "hidden", "dropout", "sgd")
+        settings = {k: getattr(self, k) for k in keys} | {"regime": asdict(self.regime)}
+        return digest(settings | {"data_fingerprint": data_fingerprint})
 
     def features_fingerprint(self) -> str:
         """A short hash of the settings that determine the features given θ*."""
         return digest({"curvature": self.curvature, "damping": self.damping, "target_curvature": self.target_curvature})
 
+    def method_names(self) -> list[str]:
+        """The rows of the report: the methods, then F+I at every ``scale_sweep`` value."""
+        return [*self.methods, *(sweep_name(alpha) for alpha in self.scale_sweep)]
+
+
+def sweep_name(alpha: float) -> str:
+    return f"F+I α={alpha:g}"
+
 
 PRESETS: dict[str, SelectionEvalConfig] = {
     "cpu": SelectionEvalConfig(),
     "paper": SelectionEvalConfig(
-        pool_size=10_000,
+        default_pool_size=10_000,
         target_size=2000,
         hidden=(128, 128),
         dropout=0.2,
@@ -113,16 +144,44 @@ PRESETS: dict[str, SelectionEvalConfig] = {
 }
 
 
-def split_pool(num_train: int, pool_size: int, target_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint pool and validation (target) indices from a fixed permutation of the training set."""
-    if pool_size + target_size > num_train:
-        raise ValueError(f"pool ({pool_size}) + target set ({target_size}) exceed the {num_train} training examples")
-    order = np.random.default_rng(seed).permutation(num_train)
-    return order[:pool_size], order[pool_size : pool_size + target_size]
+def prepare_problem(config: SelectionEvalConfig) -> tuple[SelectionProblem, str]:
+    """The standardised selection problem of ``config`` and the data's fingerprint."""
+    data = standardize(load_dataset(config.data, config.data_dir))
+    if config.pool_size is not None:
+        pool_size = config.pool_size
+    elif data.has_target:
+        pool_size = len(data.X_train)
+    else:
+        pool_size = config.default_pool_size
+    problem = build_problem(data, config.regime, pool_size, config.target_size)
+    return problem, data.fingerprint()
+
+
+def halves(num: int) -> dict[str, np.ndarray]:
+    """A fixed (seed 0) split of ``num`` target examples into halves ``A`` and ``B``."""
+    if num < 2:
+        raise ValueError(f"choosing the interaction scale splits the target set in halves; it has {num} example(s)")
+    order = np.random.default_rng(0).permutation(num)
+    return dict(zip(HALVES, (np.sort(order[: num // 2]), np.sort(order[num // 2 :])), strict=True))
+
+
+def shared_data(config: SelectionEvalConfig, problem: SelectionProblem) -> dict[str, Any]:
+    """What every retraining worker needs: the pool, the test set and the target set's halves."""
+    split = halves(len(problem.X_target))
+    return {
+        "config": config,
+        "X_pool": problem.X_pool,
+        "y_pool": problem.y_pool,
+        "X_test": problem.X_test,
+        "y_test": problem.y_test,
+        "targets": {h: (problem.X_target[idx], problem.y_target[idx]) for h, idx in split.items()},
+        "num_classes": problem.num_classes,
+    }
 
 
 def train_model(shared: dict, job: dict) -> dict:
-    """Train a fresh MLP (seeded) on the pool subset ``job["indices"]``; test loss and accuracy."""
+    """Train a fresh MLP (seeded) on the pool subset ``job["indices"]``: its test loss and accuracy and
+    its mean loss on each half of the target set."""
     config: SelectionEvalConfig = shared["config"]
     idx = torch.as_tensor(job["indices"])
     torch.manual_seed(job["seed"])
@@ -132,15 +191,15 @@ def train_model(shared: dict, job: dict) -> dict:
         logits = model(shared["X_test"])
         loss = CrossEntropy()(logits, shared["y_test"]).mean().item()
         accuracy = (logits.argmax(1) == shared["y_test"]).double().mean().item()
-    return {"test_loss": loss, "test_accuracy": accuracy}
+        target = {h: CrossEntropy()(model(X), y).mean().item() for h, (X, y) in shared["targets"].items()}
+    return {"test_loss": loss, "test_accuracy": accuracy, "target_loss": target}
 
 
-def reference_model(shared: dict, root: Path, checkpoint: Path | None = None) -> torch.nn.Module:
+def reference_model(config: SelectionEvalConfig, problem: SelectionProblem, root: Path, checkpoint: Path | None = None):
     """``θ*``: the MLP trained on the whole pool with seed 0 (cached as ``root/theta_star.safetensors``),
     or the state dict in ``checkpoint`` (safetensors) for the configured architecture."""
-    config: SelectionEvalConfig = shared["config"]
     torch.manual_seed(0)
-    model = mlp(shared["X_pool"].shape[1], shared["num_classes"], config.hidden, config.dropout)
+    model = mlp(problem.X_pool.shape[1], problem.num_classes, config.hidden, config.dropout)
     path = root / "theta_star.safetensors"
     if checkpoint is not None:
         state, _ = read_safetensors(checkpoint, "--checkpoint takes θ* as a safetensors state dict of the MLP")
@@ -151,148 +210,300 @@ def reference_model(shared: dict, root: Path, checkpoint: Path | None = None) ->
     elif path.exists():
         model.load_state_dict(load_file(str(path)))
     else:
-        train_sgd(model, CrossEntropy(), shared["X_pool"], shared["y_pool"], config.sgd, seed=0, progress=True)
+        train_sgd(model, CrossEntropy(), problem.X_pool, problem.y_pool, config.sgd, seed=0, progress=True)
         with atomic_path(path) as tmp:
             save_file(model.state_dict(), str(tmp))
     return model.eval()
 
 
-def pool_features(
-    config: SelectionEvalConfig,
-    shared: dict,
-    target: tuple[Tensor, Tensor],
-    root: Path,
-    checkpoint: Path | None = None,
-) -> SelectionFeatures:
-    """Per-candidate features of the pool at ``θ*`` (cached as ``root/<features hash>/features.safetensors``)."""
-    path = root / config.features_fingerprint() / "features.safetensors"
-    if path.exists():
-        return SelectionFeatures.load(path)
-    model = reference_model(shared, root, checkpoint)
-    task = Task(model, CrossEntropy(), config.sgd.weight_decay, mean_loss(*target))
-    theta = task.theta()
-    X, y = shared["X_pool"], shared["y_pool"]
-    curvature = fit_curvature(config.curvature, task, theta, X, y, len(X), config.damping)
-    hf = target_curvature(task, theta, config.target_curvature)
-    features = compute_features(task, theta, curvature, X, y, len(X), hf, basu="ggn")
-    features.save(path)
-    return features
+class PoolAnalysis:
+    """θ*, its training curvature and the candidates' shifts, computed once and on demand, and the
+    selection inputs derived from them (influence features cached under ``root/<features hash>/``)."""
+
+    def __init__(
+        self, config: SelectionEvalConfig, problem: SelectionProblem, root: Path, checkpoint: Path | None = None
+    ) -> None:
+        self.config, self.problem, self.root, self.checkpoint = config, problem, root, checkpoint
+        self.dir = root / config.features_fingerprint()
+        self._model: nn.Module | None = None
+        self._curvature: Curvature | None = None
+        self._shifts: Tensor | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        if self._model is None:
+            self._model = reference_model(self.config, self.problem, self.root, self.checkpoint)
+        return self._model
+
+    def task(self, X_target: Tensor, y_target: Tensor) -> Task:
+        return Task(self.model, CrossEntropy(), self.config.sgd.weight_decay, mean_loss(X_target, y_target))
+
+    def curvature(self) -> Curvature:
+        """The damped training curvature at ``θ*`` on the pool (it does not depend on the target)."""
+        if self._curvature is None:
+            task = self.task(self.problem.X_target, self.problem.y_target)
+            X, y = self.problem.X_pool, self.problem.y_pool
+            self._curvature = fit_curvature(
+                self.config.curvature, task, task.theta(), X, y, len(X), self.config.damping
+            )
+        return self._curvature
+
+    def shifts(self) -> Tensor:
+        """``δ_c`` ``(C, p)`` of every candidate (they do not depend on the target)."""
+        if self._shifts is None:
+            task = self.task(self.problem.X_target, self.problem.y_target)
+            X, y = self.problem.X_pool, self.problem.y_pool
+            self._shifts = candidate_shifts(task, task.theta(), self.curvature(), X, y, len(X))
+        return self._shifts
+
+    def features(self, half: str | None = None) -> SelectionFeatures:
+        """Influence features for the whole target set (with Basu's factors), or for one of its halves."""
+        path = self.dir / ("features.safetensors" if half is None else f"features-half-{half}.safetensors")
+        if path.exists():
+            return SelectionFeatures.load(path)
+        X_target, y_target = self.problem.X_target, self.problem.y_target
+        if half is not None:
+            idx = torch.as_tensor(halves(len(X_target))[half])
+            X_target, y_target = X_target[idx], y_target[idx]
+        task = self.task(X_target, y_target)
+        theta, X, y = task.theta(), self.problem.X_pool, self.problem.y_pool
+        hf = target_curvature(task, theta, self.config.target_curvature)
+        basu = "ggn" if half is None else None
+        features = compute_features(task, theta, self.curvature(), X, y, len(X), hf, basu=basu, shifts=self.shifts())
+        features.save(path)
+        return features
+
+    def inputs(self, methods: list[str]) -> PoolInputs:
+        """The ``PoolInputs`` that ``methods`` need, nothing more."""
+        needs = {need for name in methods for need in METHODS[name].needs}
+        task = self.task(self.problem.X_target, self.problem.y_target)
+        values: dict[str, Any] = {"labels": self.problem.y_pool}
+        if "features" in needs:
+            values["features"] = self.features().with_gram_interactions()
+        if "gradients" in needs:
+            values["gradients"] = per_example_gradients(task, task.theta(), self.problem.X_pool, self.problem.y_pool)
+        if "target_gradients" in needs:
+            X_target, y_target = self.problem.X_target, self.problem.y_target
+            values["target_gradients"] = per_example_gradients(task, task.theta(), X_target, y_target)
+        if "embeddings" in needs:
+            with torch.no_grad():
+                values["embeddings"] = self.model[:-1](self.problem.X_pool)
+        return PoolInputs(**values)
 
 
-def prepare_pool(config: SelectionEvalConfig) -> tuple[dict, tuple[Tensor, Tensor]]:
-    """Standardised data split into pool, target (validation) set and test set.
+def subset_job(indices: np.ndarray | list[int], seed: int) -> tuple[str, dict]:
+    """A retraining job and its key (the subset's content and the seed), so identical subsets train once."""
+    chosen = sorted(int(i) for i in indices)
+    return f"{digest(chosen)}_s{seed}", {"indices": chosen, "seed": seed}
 
-    Returns the ``shared`` dict (config, pool tensors, test tensors, ``num_classes``,
-    ``pool_indices`` into the training set, ``data_fingerprint`` of the standardised data) and the target
-    set ``(X, y)``.
+
+def choose_interaction_scale(
+    analysis: PoolAnalysis, budgets: tuple[int, ...], retrain: Any
+) -> dict[str, dict[str, Any]]:
+    """F+I's ``α`` per budget, chosen on the target set alone (module docstring).
+
+    ``retrain(jobs)`` runs ``train_model`` jobs. Returns ``{str(k): {"chosen": α, "validation_loss":
+    {α: mean held-out loss}, "validation_std": {α: std over folds and seeds}}}``; ties go to the ``α``
+    nearest 1 (in log scale).
     """
-    data = standardize(load_dataset(config.data, config.data_dir))
-    if data.kind != "classification":
-        raise ValueError(f"selection needs a classification data set; {config.data} is {data.kind}")
-    tensors = as_tensors(data)
-    pool, held = split_pool(len(tensors["X_train"]), config.pool_size, config.target_size)
-    shared = {
-        "config": config,
-        "X_pool": tensors["X_train"][pool],
-        "y_pool": tensors["y_train"][pool],
-        "X_test": tensors["X_test"],
-        "y_test": tensors["y_test"],
-        "num_classes": data.num_classes,
-        "pool_indices": pool,
-        "data_fingerprint": data.fingerprint(),
-    }
-    return shared, (tensors["X_train"][held], tensors["y_train"][held])
+    config = analysis.config
+    features = {h: analysis.features(h).with_gram_interactions() for h in HALVES}
+    plan: dict[tuple[int, float], list[tuple[str, str]]] = {}
+    jobs = {}
+    for alpha in config.scale_grid:
+        for selector, scorer in zip(HALVES, reversed(HALVES), strict=True):
+            interactions = features[selector].interactions
+            order = greedy_select(features[selector].first_order, max(budgets), interactions, interaction_scale=alpha)
+            for k in budgets:  # with α fixed, each budget's greedy pick is a prefix of the largest's
+                for seed in range(config.scale_seeds):
+                    key, job = subset_job(order.indices[:k].numpy(), seed)
+                    jobs[key] = job
+                    plan.setdefault((k, alpha), []).append((key, scorer))
+    done = retrain(jobs)
+    choice = {}
+    for k in budgets:
+        losses = {
+            alpha: [done[key]["target_loss"][scorer] for key, scorer in plan[(k, alpha)]] for alpha in config.scale_grid
+        }
+        chosen = min(config.scale_grid, key=lambda a: (float(np.mean(losses[a])), abs(math.log(a))))
+        choice[str(k)] = {
+            "chosen": chosen,
+            "validation_loss": {f"{a:g}": float(np.mean(v)) for a, v in losses.items()},
+            "validation_std": {f"{a:g}": float(np.std(v)) for a, v in losses.items()},
+        }
+    return choice
+
+
+def select_all(
+    config: SelectionEvalConfig, inputs: PoolInputs, scales: dict[str, float]
+) -> dict[str, dict[str, list[np.ndarray]]]:
+    """``{method: {str(k): [picks per draw]}}``: one draw for deterministic methods, one per seed for
+    randomised ones. ``scales`` maps each budget to F+I's ``α``; where it is the same at every budget one
+    greedy run serves all budgets (its prefixes), else each budget has its own run."""
+    k_max = max(config.budgets)
+    picks: dict[str, dict[str, list[np.ndarray]]] = {}
+    for name in config.methods:
+        method = METHODS[name]
+        draws = range(config.seeds) if method.randomised else [0]
+        varies = name == "F+I" and len(set(scales.values())) > 1
+        if varies:
+            picks[name] = {
+                str(k): [run_method(name, inputs, k, s, scales[str(k)]).indices.numpy() for s in draws]
+                for k in config.budgets
+            }
+            continue
+        alpha = scales[str(k_max)] if name == "F+I" else 1.0
+        orders = [run_method(name, inputs, k_max, s, alpha).indices.numpy() for s in draws]
+        picks[name] = {str(k): [order[:k] for order in orders] for k in config.budgets}
+    for alpha in config.scale_sweep:
+        order = run_method("F+I", inputs, k_max, 0, alpha).indices.numpy()
+        picks[sweep_name(alpha)] = {str(k): [order[:k]] for k in config.budgets}
+    return picks
 
 
 def run_selection_eval(config: SelectionEvalConfig, out: Path) -> dict:
-    """Run the protocol; write ``out/results.json``, ``out/results.md`` and ``out/selection.png``."""
-    config.check_budgets()
-    shared, target = prepare_pool(config)
-    root = out / config.model_fingerprint(shared["data_fingerprint"])
-    features = pool_features(config, shared, target, root)
-    out = root / config.features_fingerprint()
+    """Run the protocol; write ``results.json``, ``results.md`` and ``selection.png`` under
+    ``out/<problem hash>/<features hash>/`` (returned as ``"out"``)."""
+    problem, fingerprint = prepare_problem(config)
+    config.check_budgets(len(problem.X_pool))
+    shared = shared_data(config, problem)
+    root = out / config.model_fingerprint(fingerprint)
+    analysis = PoolAnalysis(config, problem, root)
 
-    k_max = max(config.budgets)
-    orders: dict[str, list[np.ndarray]] = {}
-    for name in config.methods:
-        method, terms = METHODS[name]
-        seeds = range(config.seeds) if method == "random" else [0]
-        orders[name] = [select_from_features(features, k_max, method, terms, seed=s).indices.numpy() for s in seeds]
-    # Retrainings are keyed by the subset's content, so identical subsets (e.g. the same random draw under
-    # another damping) are trained once.
-    keys: dict[str, str] = {}
+    def retrain(jobs: dict) -> dict:
+        return run_jobs(train_model, jobs, root / "retrain", shared, config.workers, desc="retraining subsets")
+
+    scale_choice = None
+    if config.interaction_scale == "auto" and "F+I" in config.methods:
+        scale_choice = choose_interaction_scale(analysis, config.budgets, retrain)
+        scales = {k: float(row["chosen"]) for k, row in scale_choice.items()}
+    else:
+        alpha = 1.0 if config.interaction_scale == "auto" else float(config.interaction_scale)
+        scales = {str(k): alpha for k in config.budgets}
+    names = config.method_names()
+    picks = select_all(config, analysis.inputs(list(config.methods) + (["F+I"] if config.scale_sweep else [])), scales)
+
+    keys: dict[tuple[str, str, int], str] = {}
     jobs = {}
-    for name, chosen in orders.items():
+    for name in names:
         for k in config.budgets:
+            draws = picks[name][str(k)]
             for seed in range(config.seeds):
-                indices = sorted(chosen[seed % len(chosen)][:k].tolist())
-                key = f"{digest(indices)}_s{seed}"
-                keys[f"{name}_k{k}_s{seed}"] = key
-                jobs[key] = {"indices": indices, "seed": seed}
-    done = run_jobs(train_model, jobs, root / "retrain", shared, config.workers, desc="retraining subsets")
-    trained = {name: done[key] for name, key in keys.items()}
+                keys[(name, str(k), seed)], job = subset_job(draws[seed % len(draws)], seed)
+                jobs[keys[(name, str(k), seed)]] = job
+    trained = retrain(jobs)
 
-    labels = shared["y_pool"].numpy()
-    table = {}
-    for name, chosen in orders.items():
+    labels = problem.y_pool.numpy()
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in names:
         table[name] = {}
         for k in config.budgets:
-            losses = [trained[f"{name}_k{k}_s{s}"]["test_loss"] for s in range(config.seeds)]
-            accuracy = [trained[f"{name}_k{k}_s{s}"]["test_accuracy"] for s in range(config.seeds)]
-            entropy = [class_entropy(labels[c[:k]], shared["num_classes"]) for c in chosen]
-            counts = [np.bincount(labels[c[:k]], minlength=shared["num_classes"]) for c in chosen]
-            table[name][str(k)] = {
-                "test_loss_mean": float(np.mean(losses)),
-                "test_loss_std": float(np.std(losses)),
-                "test_accuracy_mean": float(np.mean(accuracy)),
-                "class_entropy": float(np.mean(entropy)),
-                "class_counts": np.mean(counts, axis=0).tolist(),  # mean over random's draws
+            runs = [trained[keys[(name, str(k), s)]] for s in range(config.seeds)]
+            draws = picks[name][str(k)]
+            purity = [problem.purity(d) for d in draws]
+            row = {
+                "test_loss_mean": float(np.mean([r["test_loss"] for r in runs])),
+                "test_loss_std": float(np.std([r["test_loss"] for r in runs])),
+                "test_accuracy_mean": float(np.mean([r["test_accuracy"] for r in runs])),
+                "class_entropy": float(np.mean([class_entropy(labels[d], problem.num_classes) for d in draws])),
+                "class_counts": np.mean([np.bincount(labels[d], minlength=problem.num_classes) for d in draws], axis=0)
+                .astype(float)
+                .tolist(),  # mean over the draws of randomised methods
+                "purity": {key: float(np.mean([p[key] for p in purity])) for key in purity[0]},
             }
+            if name == "F+I":
+                row["interaction_scale"] = scales[str(k)]
+            table[name][str(k)] = row
     results = {
         "config": json.loads(json.dumps(asdict(config), default=str)),
-        "max_entropy": float(np.log(shared["num_classes"])),
+        "regime": config.regime.name,
+        "max_entropy": float(np.log(problem.num_classes)),
         "results": table,
-        "selections": {name: [c.tolist() for c in chosen] for name, chosen in orders.items()},  # pool positions
-        "pool_indices": shared["pool_indices"].tolist(),  # pool position -> training-set index
+        "interaction_scale": {"setting": config.interaction_scale, "per_budget": scales, "auto": scale_choice},
+        "selections": {name: {k: [d.tolist() for d in v] for k, v in rows.items()} for name, rows in picks.items()},
+        "pool_train_indices": problem.train_indices.tolist(),  # pool position -> training-set index
+        "pool": {
+            "size": len(problem.X_pool),
+            "target_size": len(problem.X_target),
+            "test_size": len(problem.X_test),
+            "duplicate_of": problem.duplicate_of.tolist(),
+            "mislabelled": np.flatnonzero(problem.mislabelled).tolist(),
+        },
     }
-    atomic_write_json(out / "results.json", results)
-    atomic_write_bytes(out / "results.md", format_table(results).encode())
-    plot(results, out / "selection.png")
-    return results | {"out": str(out)}
+    out_dir = analysis.dir
+    atomic_write_json(out_dir / "results.json", results)
+    atomic_write_bytes(out_dir / "results.md", format_table(results).encode())
+    plot(results, out_dir / "selection.png")
+    return results | {"out": str(out_dir)}
 
 
 def format_table(results: dict) -> str:
-    """Markdown: test loss (mean ± std over seeds) and class entropy per method and budget."""
+    """Markdown: test loss (mean ± std over seeds), class entropy and purity per method and budget, and the
+    interaction scale of F+I per budget (with ``auto``'s validation losses)."""
     table = results["results"]
     budgets = list(next(iter(table.values())))
-    lines = [
-        "| method | " + " | ".join(f"k={k}" for k in budgets) + " |",
-        "|---|" + "---|" * len(budgets),
+    header = ["| method | " + " | ".join(f"k={k}" for k in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    sections = [f"Regime: {results['regime']}", "", "Test loss (mean ± std over seeds)", "", *header]
+    sections += [
+        f"| {name} | "
+        + " | ".join(f"{rows[k]['test_loss_mean']:.3f} ± {rows[k]['test_loss_std']:.3f}" for k in budgets)
+        + " |"
+        for name, rows in table.items()
     ]
-    for name, rows in table.items():
-        cells = [f"{rows[k]['test_loss_mean']:.3f} ± {rows[k]['test_loss_std']:.3f}" for k in budgets]
-        lines.append(f"| {name} test loss | " + " | ".join(cells) + " |")
-    for name, rows in table.items():
-        cells = [f"{rows[k]['class_entropy']:.3f}" for k in budgets]
-        lines.append(f"| {name} class entropy | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    sections += ["", f"Class entropy (nats; uniform = {results['max_entropy']:.3f})", "", *header]
+    sections += [
+        f"| {name} | " + " | ".join(f"{rows[k]['class_entropy']:.3f}" for k in budgets) + " |"
+        for name, rows in table.items()
+    ]
+    for key in next(iter(next(iter(table.values())).values()))["purity"]:
+        sections += ["", key.replace("_", " ").capitalize(), "", *header]
+        sections += [
+            f"| {name} | " + " | ".join(f"{rows[k]['purity'][key]:.3f}" for k in budgets) + " |"
+            for name, rows in table.items()
+        ]
+    scale = results["interaction_scale"]
+    sections += [
+        "",
+        f"F+I interaction scale α ({scale['setting']}): "
+        + ", ".join(f"k={k}: {alpha:g}" for k, alpha in scale["per_budget"].items()),
+    ]
+    if scale["auto"]:
+        grid = list(next(iter(scale["auto"].values()))["validation_loss"])
+        sections += ["", "Held-out target loss of F+I per α (auto's choice in bold)", ""]
+        sections += ["| k | " + " | ".join(f"α={a}" for a in grid) + " |", "|---|" + "---|" * len(grid)]
+        for k, row in scale["auto"].items():
+            cells = [f"{row['validation_loss'][a]:.3f}" for a in grid]
+            cells = [f"**{cell}**" if float(a) == row["chosen"] else cell for a, cell in zip(grid, cells, strict=True)]
+            sections.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(sections) + "\n"
 
 
 def plot(results: dict, path: Path) -> None:
-    """Fig. 3-style panels: test loss vs budget (mean ± std) and class entropy vs budget."""
+    """Fig. 3-style panels: test loss vs budget (mean ± std), class entropy and the regime's first purity
+    measure (when it has one) vs budget."""
     table = results["results"]
-    fig, (left, right) = figure(10, 4, columns=2)
-    for name, rows in table.items():
+    purity_keys = list(next(iter(next(iter(table.values())).values()))["purity"])
+    fig, axes = figure(15 if purity_keys else 10, 4.2, columns=3 if purity_keys else 2)
+    markers = "osD^v<>pPX*h"
+    for i, (name, rows) in enumerate(table.items()):
         budgets = [int(k) for k in rows]
+        style = {"marker": markers[i % len(markers)], "label": name, "linewidth": 2.2 if name == "F+I" else 1.2}
         mean = np.array([rows[str(k)]["test_loss_mean"] for k in budgets])
         std = np.array([rows[str(k)]["test_loss_std"] for k in budgets])
-        left.plot(budgets, mean, marker="o", label=name)
-        left.fill_between(budgets, mean - std, mean + std, alpha=0.15)
-        right.plot(budgets, [rows[str(k)]["class_entropy"] for k in budgets], marker="o", label=name)
-    right.axhline(results["max_entropy"], color="grey", linestyle=":", label="uniform")
-    left.set(xlabel="budget k", ylabel="test loss", title="Test loss after retraining", xscale="log")
-    right.set(xlabel="budget k", ylabel="class entropy (nats)", title="Class entropy of the selection", xscale="log")
-    left.legend()
+        axes[0].errorbar(budgets, mean, yerr=std, capsize=3, **style)
+        axes[1].plot(budgets, [rows[str(k)]["class_entropy"] for k in budgets], **style)
+        if purity_keys:
+            axes[2].plot(budgets, [rows[str(k)]["purity"][purity_keys[0]] for k in budgets], **style)
+    axes[1].axhline(results["max_entropy"], color="grey", linestyle=":", label="uniform")
+    axes[0].set(xlabel="budget k", ylabel="test loss", title=f"Test loss after retraining ({results['regime']})")
+    axes[1].set(xlabel="budget k", ylabel="class entropy (nats)", title="Class entropy of the selection")
+    if purity_keys:
+        axes[2].set(xlabel="budget k", ylabel=purity_keys[0].replace("_", " "), title="Purity of the selection")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xticks([int(k) for k in next(iter(table.values()))], [str(k) for k in next(iter(table.values()))])
+        ax.grid(alpha=0.3)
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
     save(fig, path)
 
 

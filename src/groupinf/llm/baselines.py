@@ -37,19 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from groupinf.coresets import cosine_matrix
 from groupinf.llm.data import IGNORE_INDEX, Encoded, collate, to_messages
-
-
-def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
-    """``(N, M)`` cosine similarities of the rows of ``a`` ``(N, d)`` and ``b`` ``(M, d)`` (0 for zero rows)."""
-    return F.normalize(a.double(), dim=1) @ F.normalize(b.double(), dim=1).T
-
-
-def mean_similarity(pool: Tensor, targets: Tensor) -> Tensor:
-    """``(N,)`` mean over target rows of the cosine similarity with each pool row."""
-    if len(targets) == 0:
-        raise ValueError("the target set is empty")
-    return cosine_matrix(pool, targets).mean(dim=1)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import torch
 from scipy.stats import entropy
 
 from groupinf.checks import check_count, check_fields
+from groupinf.coresets import mean_similarity
 from groupinf.files import atomic_path, atomic_write_json
 from groupinf.llm.config import (
     SECTIONS,
@@ -197,7 +198,7 @@ def baseline_selection(
             vectors = embed(
                 [baselines.record_text(r, i) for i, r in enumerate(records)], plan.experiment.embedding_model
             )
-            scores[name] = baselines.mean_similarity(pool_vectors, vectors)
+            scores[name] = mean_similarity(pool_vectors, vectors)
     else:
         tokenizer = load_tokenizer(model)
         padding = pad_id(tokenizer)
@@ -211,7 +212,7 @@ def baseline_selection(
         if method == "rds":
             pool_vectors = baselines.pooled_hidden_states(network, encoded(pool_records), padding)
             for name, records in dev.items():
-                scores[name] = baselines.mean_similarity(
+                scores[name] = mean_similarity(
                     pool_vectors, baselines.pooled_hidden_states(network, encoded(records), padding)
                 )
         else:

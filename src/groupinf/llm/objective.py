@@ -1,7 +1,7 @@
 """The per-example loss of instruction tuning and labels drawn from the model (for the true Fisher).
 
 Per-example loss: ``l_i = −Σ_{t ∈ response(i)} log p_θ(y_t | y_<t)``, the SUM over the example's response
-tokens, not the mean. This is the unscaled per-example loss of ``MATH.md``: with it the training
+tokens, not the mean. This is the unscaled per-example loss of docs/math.md §1: with it the training
 objective ``R = (1/n) Σ_i l_i`` weights every response token equally, which is what the warmup's
 fine-tuning (and Hugging Face's token-averaged loss) minimises up to a constant factor, so ``θ*`` is its
 minimiser. LESS averages over tokens within each example instead, which weights a short example's tokens
@@ -43,7 +43,7 @@ def sample_labels(logits: Tensor, labels: Tensor, seeds: Sequence[int]) -> Tenso
 
     Example ``b`` draws with a generator seeded by ``seeds[b]``, so its draws do not depend on the batch.
     Back-propagating ``response_nll`` of these labels gives ``g̃_i`` with ``E[g̃_i g̃_iᵀ]`` the true Fisher
-    (= Gauss–Newton) of ``l_i`` (MATH.md).
+    (= Gauss–Newton) of ``l_i`` (docs/math.md §6).
     """
     if len(seeds) != len(labels):
         raise ValueError(f"{len(seeds)} seeds for {len(labels)} examples")
