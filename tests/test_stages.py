@@ -69,7 +69,7 @@ def test_an_interrupted_stage_resumes_with_the_same_settings(tmp_path):
 
 def test_files_without_a_record_are_stale(tmp_path):
     (tmp_path / "world").mkdir()
-    with pytest.raises(StaleStagesError, match=r"no settings record"):
+    with pytest.raises(StaleStagesError, match=r"files without a settings record .*stale stages: world"):
         Stages(tmp_path).check([stage(tmp_path, "world", toy={"pool_size": 50})])
 
 

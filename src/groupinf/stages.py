@@ -20,7 +20,7 @@ from typing import Any
 from groupinf.files import atomic_write_json
 
 #: what ``stale`` reports for a stage whose files exist without a settings record
-UNRECORDED = "(no settings record)"
+UNRECORDED = "files without a settings record (made by an older groupinf?)"
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,7 @@ class Stages:
         for _, diff in stale.values():
             changed = diff | changed
         described = ", ".join(
-            f"{key} (made without one: an older run?)" if key == UNRECORDED else f"{key}: {old!r} -> {new!r}"
-            for key, (old, new) in changed.items()
+            key if key == UNRECORDED else f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items()
         )
         kinds: dict[str, int] = {}
         for name in stale:
