@@ -131,7 +131,7 @@ def device_without_cuda(tmp, world, mp):
 
 def warmup_config(document: dict) -> Callable:
     def case(tmp, world, mp):
-        mp.setattr("groupinf.llm.models.load_model", not_called("loading the model"))
+        mp.setattr("groupinf.llm.warmup.load_model", not_called("loading the model"))
         config = write_json(tmp / "c.json", document)
         return ["llm", "warmup", "--model", world.model, "--data", world.pool, "--config", config, "--out", tmp / OUT]
 
@@ -208,7 +208,7 @@ GOOD = json.dumps({"prompt": "2 + 2?", "completion": "4"})
 
 def warmup_on(lines: list[str]) -> Callable:
     def case(tmp, world, mp):
-        mp.setattr("groupinf.llm.models.load_model", not_called("loading the model"))
+        mp.setattr("groupinf.llm.warmup.load_model", not_called("loading the model"))
         data = jsonl_pool(tmp, lines)
         return ["llm", "warmup", "--model", world.model, "--data", data, "--fraction", 1, "--out", tmp / OUT]
 
@@ -243,10 +243,18 @@ def llm_select_n_zero(tmp, world, mp):
 
 def extract_with(*options: object) -> Callable:
     def case(tmp, world, mp):
-        mp.setattr("groupinf.llm.models.load_model", not_called("loading the model"))
+        mp.setattr("groupinf.llm.extract.load_model", not_called("loading the model"))
         return ["llm", "extract", "--model", world.model, "--data", world.pool, *options, "--out", tmp / OUT]
 
     return case
+
+
+def garbage_adapter(tmp, world, mp):
+    adapter = tmp / "adapter"
+    adapter.mkdir()
+    write_json(adapter / "adapter_config.json", {"peft_type": "LORA", "r": 2, "target_modules": ["q_proj"]})
+    (adapter / "adapter_model.safetensors").write_bytes(os.urandom(64))
+    return ["llm", "extract", "--model", world.model, "--data", world.pool, "--adapter", adapter, "--out", tmp / OUT]
 
 
 def extract_running(tmp, world, mp):
@@ -340,6 +348,7 @@ CLI_CASES: dict[str, tuple[Callable, list[str]]] = {
     ),
     "--layers not a regular expression": (extract_with("--layers", "q_proj("), ["layers must be a regular expression"]),
     "--adapter missing": (extract_with("--adapter", "no-adapter"), ["no LoRA adapter at no-adapter"]),
+    "--adapter of random bytes": (garbage_adapter, ["the weights of the LoRA adapter at", "not readable safetensors"]),
     "shard overwritten at the same size": (shard_overwritten, ["00001.gradients.bin does not match the checksum"]),
     # 7: checks that ran too late
     "select --k 0": (select_k_zero, ["k must be >= 1, got 0"]),

@@ -71,14 +71,25 @@ def check_adapter(adapter: str | Path) -> Path:
 def load_model(
     name: str, dtype: torch.dtype, device: torch.device, adapter: str | Path | None = None, trainable: bool = False
 ) -> nn.Module:
-    """The model in ``dtype`` on ``device``, with the LoRA ``adapter`` when given (trainable or frozen)."""
+    """The model in ``dtype`` on ``device``, with the LoRA ``adapter`` when given (trainable or frozen); a
+    ``ValueError`` naming the directory whose weights are not readable."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(check_model(name), dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(check_model(name), dtype=dtype)
+    except SafetensorError as error:
+        raise ValueError(f"the weights of the model at {name} are not readable safetensors ({error})") from None
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(check_adapter(adapter)), is_trainable=trainable)
+        try:
+            model = PeftModel.from_pretrained(model, str(check_adapter(adapter)), is_trainable=trainable)
+        except SafetensorError as error:
+            raise ValueError(
+                f"the weights of the LoRA adapter at {adapter} are not readable safetensors ({error}); "
+                "`groupinf llm warmup --out DIR` writes one to DIR/adapter"
+            ) from None
     return model.to(device)
 
 
