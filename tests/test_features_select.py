@@ -117,14 +117,14 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
     assert len(record["train_indices"]) == 12 == len(set(record["indices"]))
     assert record["terms"] == "F+I+B"
     argv = ["selection-eval", *pool, "--budgets", "5,10", "--seeds", 2, "--workers", 1, "--out", tmp_path / "ev"]
-    argv += ["--epochs", 20, "--lr", 0.02]
+    argv += ["--epochs", 20, "--lr", 0.1]
     assert cli.main(list(map(str, argv))) == 0
     (results_file,) = (tmp_path / "ev").rglob("results.json")
     run_dir = results_file.parent
     results = json.loads(results_file.read_text())
     assert results["config"]["sgd"] == {
         "epochs": 20,
-        "lr": 0.02,
+        "lr": 0.1,
         "weight_decay": 0.01,
         "batch_size": 64,
         "momentum": 0.0,
@@ -135,6 +135,9 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
     constant = cli.build_parser().parse_args(["select", "--no-cosine", "--k", "1", "--out", "x"])
     assert cli.pool_config(constant).sgd == SGDConfig(epochs=100, lr=0.05, cosine=False)
     assert set(results["results"]) == set(METHODS)
+    # the bounds show the comparison can discriminate: training on the pool beats no training by far
+    bounds = results["bounds"]
+    assert bounds["full pool"]["test_loss_mean"] < 0.5 * bounds["no training"]["test_loss_mean"]
     for rows in results["results"].values():
         assert set(rows) == {"5", "10"}
         assert all(np.isfinite(r["test_loss_mean"]) and 0 <= r["class_entropy"] <= np.log(10) for r in rows.values())

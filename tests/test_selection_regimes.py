@@ -13,15 +13,16 @@ from groupinf.data.transforms import standardize
 from groupinf.experiments.jobs import run_jobs
 from groupinf.experiments.pools import PoolRegime, build_problem
 from groupinf.experiments.selection_eval import (
-    HALVES,
     PoolAnalysis,
     SelectionEvalConfig,
     choose_interaction_scale,
-    halves,
     shared_data,
     subset_job,
+    target_folds,
     train_model,
 )
+from groupinf.features import compute_features
+from groupinf.influence import target_curvature
 from groupinf.selection import greedy_select
 from groupinf.training import SGDConfig
 
@@ -157,16 +158,17 @@ def test_auto_without_a_target_split_is_rejected(tmp_path, capsys):
 
 
 def test_auto_chooses_the_scale_with_the_lowest_held_out_loss(digits, tmp_path):
-    """``auto``'s record equals retraining each half's greedy pick by hand and scoring it on the other half,
-    and its choice is the α with the lowest mean held-out loss."""
+    """``auto``'s record equals, per fold, greedy on features computed directly for the other folds' target
+    examples, retrained by hand and scored on the held-out fold; the choice is the α with the lowest mean."""
     config = SelectionEvalConfig(
         data="digits",
         pool_size=150,
         target_size=60,
         hidden=(8,),
         sgd=SGDConfig(epochs=15, lr=0.05, cosine=True),
+        curvature="ggn",
         scale_grid=(0.5, 4.0, 32.0),
-        scale_seeds=1,
+        scale_folds=3,
         workers=1,
     )
     problem = build_problem(digits, config.regime, 150, 60)
@@ -175,19 +177,42 @@ def test_auto_chooses_the_scale_with_the_lowest_held_out_loss(digits, tmp_path):
     record = choose_interaction_scale(
         analysis, (6, 20), lambda jobs: run_jobs(train_model, jobs, tmp_path / "retrain", shared, 1)
     )
-    split = halves(60)
-    assert len(split["A"]) + len(split["B"]) == 60 and not set(split["A"]) & set(split["B"])
-    for k in (6, 20):
-        by_hand = {}
+    folds = target_folds(60, 3)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(60))
+    task = analysis.task(problem.X_target, problem.y_target)
+    theta, X, y = task.theta(), problem.X_pool, problem.y_pool
+    by_hand: dict[int, dict[str, list[float]]] = {6: {}, 20: {}}
+    for held, part in enumerate(folds):
+        rest = torch.as_tensor(np.setdiff1d(np.arange(60), part))
+        fold_task = analysis.task(problem.X_target[rest], problem.y_target[rest])
+        hf = target_curvature(fold_task, theta, config.target_curvature)
+        direct = compute_features(fold_task, theta, analysis.curvature(), X, y, len(X), hf)
         for alpha in config.scale_grid:
-            losses = []
-            for selector, scorer in zip(HALVES, reversed(HALVES), strict=True):
-                features = analysis.features(selector)
-                pick = greedy_select(features.first_order, k, features.interactions, interaction_scale=alpha)
-                _, job = subset_job(pick.indices.numpy(), 0)
-                losses.append(train_model(shared, job)["target_loss"][scorer])
-            by_hand[f"{alpha:g}"] = float(np.mean(losses))
-        row = record[str(k)]
-        assert row["validation_loss"] == pytest.approx(by_hand)
-        assert row["chosen"] == float(min(by_hand, key=by_hand.get))
+            order = greedy_select(direct.first_order, 20, direct.interactions, interaction_scale=alpha).indices
+            for k in (6, 20):
+                _, job = subset_job(order[:k].numpy(), 0)
+                loss = train_model(shared, job)["target_loss"][str(held)]
+                by_hand[k].setdefault(f"{alpha:g}", []).append(loss)
+    for k in (6, 20):
+        means = {alpha: float(np.mean(losses)) for alpha, losses in by_hand[k].items()}
+        assert record[str(k)]["validation_loss"] == pytest.approx(means)
+        assert record[str(k)]["chosen"] == float(min(means, key=means.get))
     json.dumps(record)  # what results.json stores
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"interaction_scale": -1.0}, "interaction scale"),
+        ({"interaction_scale": float("nan")}, "interaction scale"),
+        ({"scale_grid": ()}, "grid is empty"),
+        ({"scale_grid": (1.0, 0.0)}, "interaction scale"),
+        ({"scale_sweep": (float("inf"),)}, "interaction scale"),
+        ({"scale_seeds": 0}, "scale seeds"),
+        ({"scale_folds": 1}, "at least 2 folds"),
+        ({"methods": ("F+I", "oracle")}, "unknown methods"),
+    ],
+)
+def test_bad_selection_eval_settings_are_rejected(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SelectionEvalConfig(**settings)

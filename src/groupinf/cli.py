@@ -198,7 +198,7 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
         type=parse_scale,
         default=None,
         help="α of the interaction term (F+I: −Σa_c + α·½δ_SᵀH_fδ_S): a number > 0, or 'auto' (chosen per budget "
-        "on halves of the target set by retraining; default 1, the paper's)",
+        "by K-fold cross-fitting on the target set with retraining; default 1, the paper's)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="SGD epochs of θ* and every retraining")
     parser.add_argument("--lr", type=float, default=None, help="SGD learning rate of θ* and every retraining")
@@ -250,6 +250,7 @@ def add_selection_eval(commands: argparse._SubParsersAction) -> None:
         "--scale-sweep", type=parse_floats, default=None, help="extra F+I rows at these fixed α, e.g. 1,4,16"
     )
     evaluate.add_argument("--scale-grid", type=parse_floats, default=None, help="the α values 'auto' chooses from")
+    evaluate.add_argument("--scale-folds", type=int, default=None, help="target-set folds for 'auto' (default 5)")
     evaluate.add_argument("--scale-seeds", type=int, default=None, help="retraining seeds per α and fold for 'auto'")
     evaluate.add_argument("--workers", type=int, default=None, help="retraining processes")
     evaluate.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
@@ -339,7 +340,7 @@ def run_select(args: argparse.Namespace) -> None:
     if args.features is not None:
         if scale == "auto":
             raise ValueError(
-                "--interaction-scale auto chooses α by retraining on halves of the target set, which a feature "
+                "--interaction-scale auto chooses α by retraining on folds of the target set, which a feature "
                 "file does not hold: select with --data (and --checkpoint), or give α as a number"
             )
         features = SelectionFeatures.load(args.features, args.device)
@@ -398,6 +399,7 @@ def run_selection_eval(args: argparse.Namespace) -> None:
         methods=args.methods,
         scale_sweep=args.scale_sweep,
         scale_grid=args.scale_grid,
+        scale_folds=args.scale_folds,
         scale_seeds=args.scale_seeds,
     )
     results = run_selection_eval(config, args.out)

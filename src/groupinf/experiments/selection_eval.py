@@ -9,8 +9,9 @@ scored by held-out test loss; class entropy and the regime's purity describe the
 
 The target ``f`` is the mean loss on the target set (validation examples outside the pool), so the test
 split used for the reported loss is never seen by any selection method. ``interaction_scale="auto"``
-chooses F+I's ``α`` per budget on the target set alone: each half of it selects at every ``α`` of a grid,
-the subset is retrained, and its loss on the other half scores that ``α`` (2 folds × ``scale_seeds``).
+chooses F+I's ``α`` per budget on the target set alone, by K-fold cross-fitting: the target set is split
+into ``scale_folds`` parts; with each part held out, the rest selects at every ``α`` of a grid, the subset
+is retrained (``scale_seeds`` seeds) and its loss on the held-out part scores that ``α``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
@@ -41,15 +43,13 @@ from groupinf.influence import TARGET_KINDS, target_curvature
 from groupinf.losses import CrossEntropy
 from groupinf.methods import METHODS, PoolInputs, run_method
 from groupinf.models import mlp
-from groupinf.selection import InteractionScale, check_interaction_scale, greedy_select
+from groupinf.selection import InteractionFactors, InteractionScale, check_interaction_scale, greedy_select
 from groupinf.target import mean_loss
 from groupinf.task import Task
 from groupinf.training import SGDConfig, train_sgd
 
 #: ``α`` values ``auto`` chooses from: powers of two around the paper's 1, up to about ``n/k`` at k = 25
 SCALE_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
-#: the halves of the target set that ``auto`` selects with and scores on
-HALVES = ("A", "B")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ class SelectionEvalConfig:
     regime: PoolRegime = field(default_factory=PoolRegime)
     interaction_scale: InteractionScale = 1.0
     scale_grid: tuple[float, ...] = SCALE_GRID
-    scale_seeds: int = 2
+    scale_folds: int = 5
+    scale_seeds: int = 1
     scale_sweep: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
@@ -98,6 +99,8 @@ class SelectionEvalConfig:
             raise ValueError(f"target curvature must be one of {TARGET_KINDS}, got {self.target_curvature!r}")
         if self.seeds < 1 or self.workers < 1 or self.scale_seeds < 1:
             raise ValueError("seeds, scale seeds and workers must be >= 1")
+        if self.scale_folds < 2:
+            raise ValueError(f"choosing α needs at least 2 folds of the target set, got {self.scale_folds}")
         if self.interaction_scale != "auto":
             check_interaction_scale(self.interaction_scale)
         if not self.scale_grid:
@@ -157,36 +160,38 @@ def prepare_problem(config: SelectionEvalConfig) -> tuple[SelectionProblem, str]
     return problem, data.fingerprint()
 
 
-def halves(num: int) -> dict[str, np.ndarray]:
-    """A fixed (seed 0) split of ``num`` target examples into halves ``A`` and ``B``."""
-    if num < 2:
-        raise ValueError(f"choosing the interaction scale splits the target set in halves; it has {num} example(s)")
+def target_folds(num: int, folds: int) -> list[np.ndarray]:
+    """A fixed (seed 0) split of ``num`` target examples into ``folds`` parts of near-equal size."""
+    if num < folds:
+        raise ValueError(f"choosing the interaction scale splits the target set into {folds} folds; it has {num}")
     order = np.random.default_rng(0).permutation(num)
-    return dict(zip(HALVES, (np.sort(order[: num // 2]), np.sort(order[num // 2 :])), strict=True))
+    return [np.sort(part) for part in np.array_split(order, folds)]
 
 
 def shared_data(config: SelectionEvalConfig, problem: SelectionProblem) -> dict[str, Any]:
-    """What every retraining worker needs: the pool, the test set and the target set's halves."""
-    split = halves(len(problem.X_target))
+    """What every retraining worker needs: the pool, the test set and the target set's folds."""
+    folds = target_folds(len(problem.X_target), config.scale_folds)
     return {
         "config": config,
         "X_pool": problem.X_pool,
         "y_pool": problem.y_pool,
         "X_test": problem.X_test,
         "y_test": problem.y_test,
-        "targets": {h: (problem.X_target[idx], problem.y_target[idx]) for h, idx in split.items()},
+        "targets": {str(j): (problem.X_target[idx], problem.y_target[idx]) for j, idx in enumerate(folds)},
         "num_classes": problem.num_classes,
     }
 
 
 def train_model(shared: dict, job: dict) -> dict:
-    """Train a fresh MLP (seeded) on the pool subset ``job["indices"]``: its test loss and accuracy and
-    its mean loss on each half of the target set."""
+    """Train a fresh MLP (seeded) on the pool subset ``job["indices"]`` (none: the untrained model): its
+    test loss and accuracy and its mean loss on each fold of the target set."""
     config: SelectionEvalConfig = shared["config"]
-    idx = torch.as_tensor(job["indices"])
+    idx = torch.as_tensor(job["indices"], dtype=torch.long)
     torch.manual_seed(job["seed"])
     model = mlp(shared["X_pool"].shape[1], shared["num_classes"], config.hidden, config.dropout)
-    train_sgd(model, CrossEntropy(), shared["X_pool"][idx], shared["y_pool"][idx], config.sgd, seed=job["seed"])
+    if len(idx):
+        train_sgd(model, CrossEntropy(), shared["X_pool"][idx], shared["y_pool"][idx], config.sgd, seed=job["seed"])
+    model.eval()
     with torch.no_grad():
         logits = model(shared["X_test"])
         loss = CrossEntropy()(logits, shared["y_test"]).mean().item()
@@ -256,22 +261,38 @@ class PoolAnalysis:
             self._shifts = candidate_shifts(task, task.theta(), self.curvature(), X, y, len(X))
         return self._shifts
 
-    def features(self, half: str | None = None) -> SelectionFeatures:
-        """Influence features for the whole target set (with Basu's factors), or for one of its halves."""
-        path = self.dir / ("features.safetensors" if half is None else f"features-half-{half}.safetensors")
+    def features(self) -> SelectionFeatures:
+        """Influence features of the candidates for the whole target set, with Basu's factors."""
+        path = self.dir / "features.safetensors"
         if path.exists():
             return SelectionFeatures.load(path)
-        X_target, y_target = self.problem.X_target, self.problem.y_target
-        if half is not None:
-            idx = torch.as_tensor(halves(len(X_target))[half])
-            X_target, y_target = X_target[idx], y_target[idx]
-        task = self.task(X_target, y_target)
+        task = self.task(self.problem.X_target, self.problem.y_target)
         theta, X, y = task.theta(), self.problem.X_pool, self.problem.y_pool
         hf = target_curvature(task, theta, self.config.target_curvature)
-        basu = "ggn" if half is None else None
-        features = compute_features(task, theta, self.curvature(), X, y, len(X), hf, basu=basu, shifts=self.shifts())
+        features = compute_features(task, theta, self.curvature(), X, y, len(X), hf, basu="ggn", shifts=self.shifts())
         features.save(path)
         return features
+
+    def fold_features(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Per fold ``j`` of the target set (``target_folds``): ``a_c^{(j)}`` ``(K, C)``, all
+        ``δ_cᵀ H_f^{(j)} δ_c'`` ``(K, C, C)`` and the fold sizes ``(K,)``, with ``f^{(j)}`` the mean loss on
+        fold ``j`` (cached). Any union of folds has the size-weighted means of these as its features, since
+        ``∇f`` and ``H_f`` of a mean loss are means over its examples."""
+        path = self.dir / f"target-folds-{self.config.scale_folds}.safetensors"
+        if path.exists():
+            saved = load_file(str(path))
+            return saved["first_order"], saved["gram"], saved["sizes"]
+        shifts, parts = self.shifts(), []
+        for idx in target_folds(len(self.problem.X_target), self.config.scale_folds):
+            task = self.task(self.problem.X_target[idx], self.problem.y_target[idx])
+            hf = target_curvature(task, task.theta(), self.config.target_curvature)
+            parts.append((shifts @ task.target.gradient(task, task.theta()), hf.matmul(shifts) @ shifts.T, len(idx)))
+        first_order = torch.stack([p[0] for p in parts])
+        gram = torch.stack([p[1] for p in parts])
+        sizes = torch.tensor([float(p[2]) for p in parts], dtype=first_order.dtype)
+        with atomic_path(path) as tmp:
+            save_file({"first_order": first_order, "gram": gram, "sizes": sizes}, str(tmp))
+        return first_order, gram, sizes
 
     def inputs(self, methods: list[str]) -> PoolInputs:
         """The ``PoolInputs`` that ``methods`` need, nothing more."""
@@ -300,30 +321,34 @@ def subset_job(indices: np.ndarray | list[int], seed: int) -> tuple[str, dict]:
 def choose_interaction_scale(
     analysis: PoolAnalysis, budgets: tuple[int, ...], retrain: Any
 ) -> dict[str, dict[str, Any]]:
-    """F+I's ``α`` per budget, chosen on the target set alone (module docstring).
+    """F+I's ``α`` per budget, chosen on the target set alone by K-fold cross-fitting (module docstring).
 
     ``retrain(jobs)`` runs ``train_model`` jobs. Returns ``{str(k): {"chosen": α, "validation_loss":
     {α: mean held-out loss}, "validation_std": {α: std over folds and seeds}}}``; ties go to the ``α``
     nearest 1 (in log scale).
     """
     config = analysis.config
-    features = {h: analysis.features(h).with_gram_interactions() for h in HALVES}
+    first_order, gram, sizes = analysis.fold_features()
+    eye = torch.eye(first_order.shape[1], dtype=gram.dtype)
     plan: dict[tuple[int, float], list[tuple[str, str]]] = {}
     jobs = {}
-    for alpha in config.scale_grid:
-        for selector, scorer in zip(HALVES, reversed(HALVES), strict=True):
-            interactions = features[selector].interactions
-            order = greedy_select(features[selector].first_order, max(budgets), interactions, interaction_scale=alpha)
+    for held in range(len(sizes)):
+        weights = sizes.clone()
+        weights[held] = 0
+        weights /= weights.sum()
+        interactions = InteractionFactors(torch.einsum("j,jcd->cd", weights, gram), eye)
+        for alpha in config.scale_grid:
+            order = greedy_select(weights @ first_order, max(budgets), interactions, interaction_scale=alpha)
             for k in budgets:  # with α fixed, each budget's greedy pick is a prefix of the largest's
                 for seed in range(config.scale_seeds):
                     key, job = subset_job(order.indices[:k].numpy(), seed)
                     jobs[key] = job
-                    plan.setdefault((k, alpha), []).append((key, scorer))
+                    plan.setdefault((k, alpha), []).append((key, str(held)))
     done = retrain(jobs)
     choice = {}
     for k in budgets:
         losses = {
-            alpha: [done[key]["target_loss"][scorer] for key, scorer in plan[(k, alpha)]] for alpha in config.scale_grid
+            alpha: [done[key]["target_loss"][fold] for key, fold in plan[(k, alpha)]] for alpha in config.scale_grid
         }
         chosen = min(config.scale_grid, key=lambda a: (float(np.mean(losses[a])), abs(math.log(a))))
         choice[str(k)] = {
@@ -361,6 +386,16 @@ def select_all(
     return picks
 
 
+def seed_summary(runs: list[dict]) -> dict[str, float]:
+    """Test loss (mean and std) and mean test accuracy over the retraining seeds of one subset."""
+    losses = [run["test_loss"] for run in runs]
+    return {
+        "test_loss_mean": float(np.mean(losses)),
+        "test_loss_std": float(np.std(losses)),
+        "test_accuracy_mean": float(np.mean([run["test_accuracy"] for run in runs])),
+    }
+
+
 def run_selection_eval(config: SelectionEvalConfig, out: Path) -> dict:
     """Run the protocol; write ``results.json``, ``results.md`` and ``selection.png`` under
     ``out/<problem hash>/<features hash>/`` (returned as ``"out"``)."""
@@ -391,20 +426,23 @@ def run_selection_eval(config: SelectionEvalConfig, out: Path) -> dict:
             for seed in range(config.seeds):
                 keys[(name, str(k), seed)], job = subset_job(draws[seed % len(draws)], seed)
                 jobs[keys[(name, str(k), seed)]] = job
+    bound_subsets = {"no training": [], "full pool": range(len(problem.X_pool))}
+    for bound, subset in bound_subsets.items():
+        for seed in range(config.seeds):
+            keys[(bound, "", seed)], job = subset_job(subset, seed)
+            jobs[keys[(bound, "", seed)]] = job
     trained = retrain(jobs)
+    seeds = range(config.seeds)
+    bounds = {bound: seed_summary([trained[keys[(bound, "", s)]] for s in seeds]) for bound in bound_subsets}
 
     labels = problem.y_pool.numpy()
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for name in names:
         table[name] = {}
         for k in config.budgets:
-            runs = [trained[keys[(name, str(k), s)]] for s in range(config.seeds)]
             draws = picks[name][str(k)]
             purity = [problem.purity(d) for d in draws]
-            row = {
-                "test_loss_mean": float(np.mean([r["test_loss"] for r in runs])),
-                "test_loss_std": float(np.std([r["test_loss"] for r in runs])),
-                "test_accuracy_mean": float(np.mean([r["test_accuracy"] for r in runs])),
+            row = seed_summary([trained[keys[(name, str(k), s)]] for s in range(config.seeds)]) | {
                 "class_entropy": float(np.mean([class_entropy(labels[d], problem.num_classes) for d in draws])),
                 "class_counts": np.mean([np.bincount(labels[d], minlength=problem.num_classes) for d in draws], axis=0)
                 .astype(float)
@@ -418,6 +456,7 @@ def run_selection_eval(config: SelectionEvalConfig, out: Path) -> dict:
         "config": json.loads(json.dumps(asdict(config), default=str)),
         "regime": config.regime.name,
         "max_entropy": float(np.log(problem.num_classes)),
+        "bounds": bounds,
         "results": table,
         "interaction_scale": {"setting": config.interaction_scale, "per_budget": scales, "auto": scale_choice},
         "selections": {name: {k: [d.tolist() for d in v] for k, v in rows.items()} for name, rows in picks.items()},
@@ -443,7 +482,11 @@ def format_table(results: dict) -> str:
     table = results["results"]
     budgets = list(next(iter(table.values())))
     header = ["| method | " + " | ".join(f"k={k}" for k in budgets) + " |", "|---|" + "---|" * len(budgets)]
-    sections = [f"Regime: {results['regime']}", "", "Test loss (mean ± std over seeds)", "", *header]
+    bounds = ", ".join(
+        f"{name} {row['test_loss_mean']:.3f} ± {row['test_loss_std']:.3f}" for name, row in results["bounds"].items()
+    )
+    sections = [f"Regime: {results['regime']}", "", f"Test loss (mean ± std over seeds); bounds: {bounds}", ""]
+    sections += header
     sections += [
         f"| {name} | "
         + " | ".join(f"{rows[k]['test_loss_mean']:.3f} ± {rows[k]['test_loss_std']:.3f}" for k in budgets)
@@ -480,30 +523,43 @@ def format_table(results: dict) -> str:
 
 def plot(results: dict, path: Path) -> None:
     """Fig. 3-style panels: test loss vs budget (mean ± std), class entropy and the regime's first purity
-    measure (when it has one) vs budget."""
+    measure (when it has one) vs budget. F+I is drawn thick and black, the fixed-α sweep dashed."""
     table = results["results"]
-    purity_keys = list(next(iter(next(iter(table.values())).values()))["purity"])
+    budgets = [int(k) for k in next(iter(table.values()))]
+    purity_keys = list(table[next(iter(table))][str(budgets[0])]["purity"])
     fig, axes = figure(15 if purity_keys else 10, 4.2, columns=3 if purity_keys else 2)
-    markers = "osD^v<>pPX*h"
-    for i, (name, rows) in enumerate(table.items()):
-        budgets = [int(k) for k in rows]
-        style = {"marker": markers[i % len(markers)], "label": name, "linewidth": 2.2 if name == "F+I" else 1.2}
+    sweep = [name for name in table if name.startswith("F+I α=")]
+    others = [name for name in table if name not in sweep and name != "F+I"]
+    styles = {"F+I": {"color": "black", "linewidth": 2.5, "marker": "o", "zorder": 5}}
+    for i, name in enumerate(others):
+        styles[name] = {"color": f"C{i % 10}", "linewidth": 1.3, "marker": "sD^v<>pPX*h"[i % 11]}
+    for i, name in enumerate(sweep):
+        shade = matplotlib.colormaps["viridis"](i / max(1, len(sweep) - 1))
+        styles[name] = {"color": shade, "linewidth": 1.0, "linestyle": "--", "marker": "."}
+    for name, rows in table.items():
+        style = {"label": name, **styles.get(name, {})}
         mean = np.array([rows[str(k)]["test_loss_mean"] for k in budgets])
         std = np.array([rows[str(k)]["test_loss_std"] for k in budgets])
         axes[0].errorbar(budgets, mean, yerr=std, capsize=3, **style)
         axes[1].plot(budgets, [rows[str(k)]["class_entropy"] for k in budgets], **style)
         if purity_keys:
             axes[2].plot(budgets, [rows[str(k)]["purity"][purity_keys[0]] for k in budgets], **style)
-    axes[1].axhline(results["max_entropy"], color="grey", linestyle=":", label="uniform")
+    for (name, bound), line in zip(results["bounds"].items(), (":", "-."), strict=True):
+        axes[0].axhline(bound["test_loss_mean"], color="grey", linestyle=line, label=name)
+    axes[1].axhline(results["max_entropy"], color="grey", linestyle=":", label="uniform entropy")
     axes[0].set(xlabel="budget k", ylabel="test loss", title=f"Test loss after retraining ({results['regime']})")
     axes[1].set(xlabel="budget k", ylabel="class entropy (nats)", title="Class entropy of the selection")
     if purity_keys:
         axes[2].set(xlabel="budget k", ylabel=purity_keys[0].replace("_", " "), title="Purity of the selection")
     for ax in axes:
         ax.set_xscale("log")
-        ax.set_xticks([int(k) for k in next(iter(table.values()))], [str(k) for k in next(iter(table.values()))])
+        ax.minorticks_off()
+        ax.set_xticks(budgets, [str(k) for k in budgets])
         ax.grid(alpha=0.3)
-    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+    handles, labels = axes[0].get_legend_handles_labels()
+    uniform, uniform_label = axes[1].get_legend_handles_labels()
+    handles, labels = handles + uniform[-1:], labels + uniform_label[-1:]
+    axes[-1].legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
     save(fig, path)
 
 
