@@ -252,7 +252,7 @@ def plan_stages(
         "rds": warm | {"dev": dev, "k": k},
         "embedding": {"pool": data["pool"], "dev": dev, "k": k, "embedding_model": exp.embedding_model},
     }
-    for method in set(baselines) & set(wanted):
+    for method in [m for m in baselines if m in wanted]:
         path = out / "baselines" / f"{method}.json"
         stages[f"baselines/{method}"] = Stage(f"baselines/{method}", baselines[method], (path,), path)
     producer = {label: select if METHODS[label] in influence else baselines[METHODS[label]] for label in exp.methods}
