@@ -86,7 +86,12 @@ class SelectionEvalConfig:
     scale_sweep: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        # the checks of the damping and of α first, for their specific messages; then every field's type
         check_damping(self.damping)
+        if self.interaction_scale != "auto":
+            check_interaction_scale(self.interaction_scale)
+        for alpha in (*self.scale_grid, *self.scale_sweep):
+            check_interaction_scale(alpha)
         check_fields(self)
         unknown = set(self.methods) - set(METHODS)
         if unknown:
@@ -101,12 +106,8 @@ class SelectionEvalConfig:
             raise ValueError("seeds, scale seeds and workers must be >= 1")
         if self.scale_folds < 2:
             raise ValueError(f"choosing α needs at least 2 folds of the target set, got {self.scale_folds}")
-        if self.interaction_scale != "auto":
-            check_interaction_scale(self.interaction_scale)
         if not self.scale_grid:
             raise ValueError("the interaction-scale grid is empty")
-        for alpha in (*self.scale_grid, *self.scale_sweep):
-            check_interaction_scale(alpha)
 
     def check_budgets(self, pool_size: int) -> None:
         if not self.budgets or min(self.budgets) < 1 or max(self.budgets) > pool_size:
