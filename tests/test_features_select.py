@@ -112,11 +112,13 @@ def test_select_command_from_features(features, tmp_path, capsys):
 def test_select_and_selection_eval_from_data(tmp_path, capsys):
     pool = ["--data", "digits", "--pool-size", 300, "--target-size", 200, "--hidden", "16"]
     out = tmp_path / "sel"
-    assert cli.main(list(map(str, ["select", *pool, "--k", 12, "--terms", "F+I+B", "--out", out]))) == 0
+    argv = ["select", *pool, "--k", 12, "--terms", "F+I+B", "--interaction-scale", 3, "--out", out]
+    assert cli.main(list(map(str, argv))) == 0
     record = json.loads((out / "selection.json").read_text())
     assert len(record["train_indices"]) == 12 == len(set(record["indices"]))
-    assert record["terms"] == "F+I+B"
+    assert record["terms"] == "F+I+B" and record["interaction_scale"] == 3
     argv = ["selection-eval", *pool, "--budgets", "5,10", "--seeds", 2, "--workers", 1, "--out", tmp_path / "ev"]
+    argv += ["--scale-grid", "1,8", "--scale-folds", 2]
     argv += ["--epochs", 20, "--lr", 0.1]
     assert cli.main(list(map(str, argv))) == 0
     (results_file,) = (tmp_path / "ev").rglob("results.json")
@@ -135,6 +137,10 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
     constant = cli.build_parser().parse_args(["select", "--no-cosine", "--k", "1", "--out", "x"])
     assert cli.pool_config(constant).sgd == SGDConfig(epochs=100, lr=0.05, cosine=False)
     assert set(results["results"]) == set(METHODS)
+    # auto (the default) chose F+I's α per budget from the grid, each budget with its own greedy run
+    assert set(results["interaction_scale"]["auto"]) == {"5", "10"}
+    for k, alpha in results["interaction_scale"]["per_budget"].items():
+        assert alpha in (1.0, 8.0) and results["results"]["F+I"][k]["interaction_scale"] == alpha
     # the bounds show the comparison can discriminate: training on the pool beats no training by far
     bounds = results["bounds"]
     assert bounds["full pool"]["test_loss_mean"] < 0.5 * bounds["no training"]["test_loss_mean"]
@@ -152,7 +158,7 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
             np.testing.assert_allclose(row["class_counts"], expected)
             assert sum(row["class_counts"]) == pytest.approx(int(k))
         # deterministic methods with a fixed α: the smaller budget's pick is a prefix of the larger's
-        if not METHODS[name].randomised:
+        if not METHODS[name].randomised and name != "F+I":
             assert results["selections"][name]["10"][0][:5] == results["selections"][name]["5"][0]
     assert (run_dir / "selection.png").stat().st_size > 10_000
     report = (run_dir / "results.md").read_text()
@@ -167,6 +173,7 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
 
 def test_select_from_a_checkpoint_reproduces_the_trained_selection(tmp_path):
     pool = ["--data", "digits", "--pool-size", 200, "--target-size", 100, "--hidden", "8", "--k", 6]
+    pool += ["--interaction-scale", 1]
     assert cli.main(list(map(str, ["select", *pool, "--out", tmp_path / "a"]))) == 0
     (checkpoint,) = (tmp_path / "a").rglob("theta_star.safetensors")
     argv = ["select", *pool, "--checkpoint", checkpoint, "--out", tmp_path / "b"]
@@ -176,3 +183,16 @@ def test_select_from_a_checkpoint_reproduces_the_trained_selection(tmp_path):
     assert not list((tmp_path / "b").rglob("theta_star.safetensors"))  # loaded, not retrained
     bad = ["select", *pool, "--hidden", "9", "--checkpoint", checkpoint, "--out", tmp_path / "c"]
     assert cli.main(list(map(str, bad))) == 2
+
+
+def test_select_chooses_the_interaction_scale_by_default(tmp_path, capsys):
+    """From data, select's default α is auto: chosen on folds of the target set, recorded with its losses."""
+    argv = ["select", "--data", "digits", "--pool-size", 200, "--target-size", 60, "--hidden", 8, "--k", 10]
+    argv += ["--epochs", 15, "--scale-grid", "0.5,16", "--scale-folds", 2, "--out", tmp_path / "a"]
+    assert cli.main(list(map(str, argv))) == 0
+    record = json.loads((tmp_path / "a" / "selection.json").read_text())
+    choice = record["interaction_scale_auto"]
+    losses = choice["validation_loss"]
+    assert set(losses) == {"0.5", "16"} and record["interaction_scale"] == choice["chosen"]
+    assert choice["chosen"] == float(min(losses, key=losses.get))
+    assert f"α = {choice['chosen']:g}" in capsys.readouterr().out

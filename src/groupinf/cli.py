@@ -197,9 +197,13 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
         "--interaction-scale",
         type=parse_scale,
         default=None,
-        help="α of the interaction term (F+I: −Σa_c + α·½δ_SᵀH_fδ_S): a number > 0, or 'auto' (chosen per budget "
-        "by K-fold cross-fitting on the target set with retraining; default 1, the paper's)",
+        help="α of the interaction term (F+I: −Σa_c + α·½δ_SᵀH_fδ_S): a number > 0 (1: the paper's), or 'auto', "
+        "chosen per budget by 5-fold cross-fitting on the target set with retraining (the default, except for "
+        "select --features, which cannot retrain and uses 1)",
     )
+    parser.add_argument("--scale-grid", type=parse_floats, default=None, help="the α values 'auto' chooses from")
+    parser.add_argument("--scale-folds", type=int, default=None, help="target-set folds for 'auto' (default 5)")
+    parser.add_argument("--scale-seeds", type=int, default=None, help="retraining seeds per α and fold for 'auto'")
     parser.add_argument("--epochs", type=int, default=None, help="SGD epochs of θ* and every retraining")
     parser.add_argument("--lr", type=float, default=None, help="SGD learning rate of θ* and every retraining")
     parser.add_argument(
@@ -249,9 +253,6 @@ def add_selection_eval(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--scale-sweep", type=parse_floats, default=None, help="extra F+I rows at these fixed α, e.g. 1,4,16"
     )
-    evaluate.add_argument("--scale-grid", type=parse_floats, default=None, help="the α values 'auto' chooses from")
-    evaluate.add_argument("--scale-folds", type=int, default=None, help="target-set folds for 'auto' (default 5)")
-    evaluate.add_argument("--scale-seeds", type=int, default=None, help="retraining seeds per α and fold for 'auto'")
     evaluate.add_argument("--workers", type=int, default=None, help="retraining processes")
     evaluate.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
 
@@ -291,6 +292,9 @@ def pool_config(args: argparse.Namespace, **extra: object):
         sgd=sgd,
         regime=regime,
         interaction_scale=args.interaction_scale,
+        scale_grid=args.scale_grid,
+        scale_folds=args.scale_folds,
+        scale_seeds=args.scale_seeds,
         **extra,
     )
 
@@ -331,9 +335,14 @@ def run_select(args: argparse.Namespace) -> None:
     from groupinf.features import SelectionFeatures, select_from_features
     from groupinf.files import atomic_save_npy, atomic_write_json
 
-    scale = 1.0 if args.interaction_scale is None else args.interaction_scale
-    if args.interaction_scale is not None and ("I" not in args.terms or args.method == "random"):
+    scale = args.interaction_scale
+    if scale is not None and ("I" not in args.terms or args.method == "random"):
         raise ValueError("--interaction-scale scales the interaction term: use it with --terms F+I or F+I+B")
+    if scale == "auto" and args.method != "greedy":
+        raise ValueError("--interaction-scale auto chooses α for greedy selection: use --method greedy or a number")
+    if scale is None:  # auto where it can retrain (docs/selection.md), the paper's 1 from a feature file
+        greedy_with_interactions = args.method == "greedy" and "I" in args.terms
+        scale = "auto" if args.features is None and greedy_with_interactions else 1.0
     if args.k < 1:
         raise ValueError(f"k must be >= 1, got {args.k}")
     pool_indices, scale_choice = None, None
@@ -398,9 +407,6 @@ def run_selection_eval(args: argparse.Namespace) -> None:
         workers=args.workers,
         methods=args.methods,
         scale_sweep=args.scale_sweep,
-        scale_grid=args.scale_grid,
-        scale_folds=args.scale_folds,
-        scale_seeds=args.scale_seeds,
     )
     results = run_selection_eval(config, args.out)
     print(format_table(results))

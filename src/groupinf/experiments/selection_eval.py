@@ -48,8 +48,8 @@ from groupinf.target import mean_loss
 from groupinf.task import Task
 from groupinf.training import SGDConfig, train_sgd
 
-#: ``α`` values ``auto`` chooses from: powers of two around the paper's 1, up to about ``n/k`` at k = 25
-SCALE_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+#: ``α`` values ``auto`` chooses from: powers of two from near top-k F (1/16) to about ``n/k`` at k = 25 (64)
+SCALE_GRID = tuple(2.0**e for e in range(-4, 7))
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,9 @@ class SelectionEvalConfig:
     """One §5.1 run. ``preset`` "cpu" is scaled to 2 CPU cores; "paper" follows Table 3 / App. E.
 
     ``pool_size`` None: ``default_pool_size`` candidates, or all of ``X`` for a data set with its own
-    target split. ``interaction_scale`` is F+I's ``α`` (a number, or "auto"); F+I+B keeps the paper's
-    ``α = 1``. ``scale_sweep`` adds one F+I row per fixed ``α`` (named ``F+I α=…``).
+    target split. ``interaction_scale`` is F+I's ``α``: a number, or "auto" (the default; docs/selection.md
+    measures it against fixed values); F+I+B keeps the paper's ``α = 1``. ``scale_sweep`` adds one F+I row
+    per fixed ``α`` (named ``F+I α=…``).
     """
 
     data: str = "fashion-mnist"
@@ -79,7 +80,7 @@ class SelectionEvalConfig:
     target_curvature: str = "ggn"
     workers: int = 2
     regime: PoolRegime = field(default_factory=PoolRegime)
-    interaction_scale: InteractionScale = 1.0
+    interaction_scale: InteractionScale = "auto"
     scale_grid: tuple[float, ...] = SCALE_GRID
     scale_folds: int = 5
     scale_seeds: int = 1
