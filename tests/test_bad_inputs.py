@@ -21,11 +21,12 @@ from groupinf import cli
 from groupinf.curvature import EigenCurvature, KFACCurvature, exact_hessian, gauss_newton, resolve_damping
 from groupinf.experiments.faithfulness import FaithfulnessConfig
 from groupinf.files import exclusive
-from groupinf.influence import GroupInfluence, compute_shifts
+from groupinf.influence import GroupInfluence
 from groupinf.llm.config import SelectConfig, WarmupConfig
 from groupinf.llm.curvature import KroneckerCurvature
 from groupinf.losses import CrossEntropy
 from groupinf.models import linear_model
+from groupinf.shifts import compute_shifts
 from groupinf.target import mean_loss
 from groupinf.task import Task
 from groupinf.training import ConvergenceError, SGDConfig, fit_convex

@@ -13,7 +13,6 @@ from groupinf.cli import main
 from groupinf.curvature import EigenCurvature
 from groupinf.curvature_ops import LowRankCurvature
 from groupinf.features import SelectionFeatures
-from groupinf.influence import compute_shifts
 from groupinf.llm.config import SelectConfig
 from groupinf.llm.curvature import KroneckerCurvature, fit_curvature, projected_fisher
 from groupinf.llm.data import collate, encode, load_records, pad_id
@@ -23,6 +22,7 @@ from groupinf.llm.projection import LayerSpec
 from groupinf.llm.select import load_target, pool_features, run_selection
 from groupinf.llm.store import GradientStore
 from groupinf.selection import InteractionFactors, greedy_select, random_select, topk_select
+from groupinf.shifts import compute_shifts
 from llm_helpers import (
     LAYERS,
     TINY_EXTRACT,

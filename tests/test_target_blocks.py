@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from groupinf.curvature import EigenCurvature, gauss_newton
-from groupinf.influence import GroupInfluence, target_curvature
+from groupinf.influence import GroupInfluence
 from groupinf.losses import CrossEntropy
-from groupinf.target import mean_loss
+from groupinf.target import mean_loss, target_curvature
 from groupinf.target_blocks import BlockDiagonalCurvature, layer_blocks
 from groupinf.task import Task
 

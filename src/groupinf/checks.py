@@ -6,10 +6,12 @@ line can print it as it is.
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
@@ -69,6 +71,21 @@ def check_fields(instance: Any) -> None:
     hints = typing.get_type_hints(type(instance))
     for item in fields(instance):
         check_type(hints[item.name], item.name, getattr(instance, item.name))
+
+
+def option(check: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse ``type`` that checks an option's text with ``check`` and keeps the text; the check's
+    ``ValueError`` becomes the option's error."""
+
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return text
+
+    parse.__name__ = check.__name__
+    return parse
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -16,11 +16,11 @@ from contextlib import suppress
 from pathlib import Path
 from typing import NoReturn
 
-from groupinf.checks import check_device
-from groupinf.curvature import Damping, check_damping
-from groupinf.influence import TARGET_KINDS
+from groupinf.checks import check_device, option
+from groupinf.curvature import CURVATURES, Damping, parse_damping
 from groupinf.llm.cli import add_llm, run_llm
 from groupinf.selection import InteractionScale, parse_interaction_scale
+from groupinf.target import TARGET_KINDS
 from groupinf.training import ConvergenceError
 
 #: failures a user can cause and fix, reported in one line; anything else is a bug and keeps its traceback
@@ -29,25 +29,12 @@ EXPECTED_ERRORS = (ValueError, OSError, ConvergenceError, ImportError)
 DATA_HELP = "digits | fashion-mnist | mnist | cifar10 | concrete | parkinsons | PATH.npz | PATH.csv"
 
 
-def parse_damping(text: str) -> Damping:
-    """A finite number >= 0, or "heuristic" (0.1 × mean eigenvalue): ``check_damping`` of the option's text."""
+def damping_option(text: str) -> Damping:
+    """``--damping``: a finite number >= 0, or "heuristic" (0.1 × mean eigenvalue)."""
     try:
-        value: object = float(text)
-    except ValueError:
-        value = text
-    try:
-        return check_damping(value)
+        return parse_damping(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def parse_device(text: str) -> str:
-    """A torch device that exists on this machine (``check_device``), as given."""
-    try:
-        check_device(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
 
 
 class Parser(argparse.ArgumentParser):
@@ -102,11 +89,9 @@ def add_faithfulness(commands: argparse._SubParsersAction) -> None:
         help="independent anchor draws (seeds SEED, SEED+1, …): Spearman per draw and its mean (default 1)",
     )
     faith.add_argument(
-        "--damping", type=parse_damping, default=0.0, help="damping ρ: a number or 'heuristic' (default 0)"
+        "--damping", type=damping_option, default=0.0, help="damping ρ: a number or 'heuristic' (default 0)"
     )
-    faith.add_argument(
-        "--curvature", choices=["exact", "ggn", "kfac", "ekfac"], default="exact", help="training curvature"
-    )
+    faith.add_argument("--curvature", choices=CURVATURES, default="exact", help="training curvature")
     faith.add_argument(
         "--target-curvature", choices=TARGET_KINDS, default="exact", help="H_f products, whole or per-layer blocks"
     )
@@ -186,10 +171,8 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
         "--label-noise", type=parse_fraction, default=None, help="noisy: this fraction of the pool has a wrong label"
     )
     parser.add_argument("--hidden", type=parse_ints, default=None, help="MLP hidden widths, e.g. 64,64")
-    parser.add_argument(
-        "--curvature", choices=["exact", "ggn", "kfac", "ekfac"], default=None, help="training curvature"
-    )
-    parser.add_argument("--damping", type=parse_damping, default=None, help="damping ρ or 'heuristic'")
+    parser.add_argument("--curvature", choices=CURVATURES, default=None, help="training curvature")
+    parser.add_argument("--damping", type=damping_option, default=None, help="damping ρ or 'heuristic'")
     parser.add_argument(
         "--target-curvature", choices=TARGET_KINDS, default=None, help="H_f products, whole or per-layer blocks"
     )
@@ -229,7 +212,7 @@ def add_select(commands: argparse._SubParsersAction) -> None:
     select.add_argument("--terms", choices=["F+I", "F", "F+B", "F+I+B"], default="F+I")
     select.add_argument("--seed", type=int, default=0, help="seed of random selection")
     select.add_argument(
-        "--device", type=parse_device, default="cpu", help="torch device for the selection loop (cpu, cuda, ...)"
+        "--device", type=option(check_device), default="cpu", help="torch device for the selection loop (cpu, cuda, …)"
     )
     select.add_argument("--out", type=Path, required=True, help="output directory")
 
@@ -323,7 +306,7 @@ def run_faithfulness(args: argparse.Namespace) -> None:
 def run_select(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from groupinf.experiments.common import digest
+    from groupinf.digests import file_digest
     from groupinf.experiments.jobs import run_jobs
     from groupinf.experiments.selection_eval import (
         PoolAnalysis,
@@ -360,9 +343,7 @@ def run_select(args: argparse.Namespace) -> None:
             raise ValueError(f"k = {args.k} is larger than the pool ({len(problem.X_pool)} candidates)")
         root = args.out / "work" / config.model_fingerprint(fingerprint)
         if args.checkpoint is not None:  # features of a given θ* live apart from those of a trained one
-            root = (
-                root / f"checkpoint-{digest(args.checkpoint.read_bytes()) if args.checkpoint.is_file() else 'missing'}"
-            )
+            root = root / f"checkpoint-{file_digest(args.checkpoint)[:16] if args.checkpoint.is_file() else 'missing'}"
         analysis = PoolAnalysis(config, problem, root, args.checkpoint)
         if scale == "auto":
             shared = shared_data(config, problem)

@@ -20,9 +20,9 @@ from groupinf.curvature import Curvature
 from groupinf.curvature_ops import LowRankCurvature, TargetCurvature
 from groupinf.files import atomic_path, read_safetensors
 from groupinf.gradients import per_example_gradients
-from groupinf.influence import compute_shifts
 from groupinf.products import per_example_ggn_vp, per_example_hvp
 from groupinf.selection import BasuFactors, InteractionFactors, Selection, greedy_select, random_select, topk_select
+from groupinf.shifts import compute_shifts
 from groupinf.task import Task
 
 FORMAT = "groupinf-selection-features/1"

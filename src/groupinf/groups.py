@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.neighbors import NearestNeighbors
 from torch import Tensor
 
 GroupLike = Sequence[int] | np.ndarray | Tensor
@@ -70,6 +69,8 @@ def nearest_neighbour_groups(
     whose group equals an earlier one as a set is skipped and the next anchor drawn instead.
     Distances are L2 in ``embedding`` ``(n, c)`` (softmax outputs, or predictions for regression).
     """
+    from sklearn.neighbors import NearestNeighbors  # sklearn costs seconds at import; only the experiments group
+
     n = len(embedding)
     check_group_settings(num_groups, group_size, n)
     index = NearestNeighbors(n_neighbors=min(group_size + 1, n)).fit(embedding)

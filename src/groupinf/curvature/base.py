@@ -53,3 +53,13 @@ class Curvature(ABC):
     @abstractmethod
     def matvec(self, V: Tensor) -> Tensor:
         """``V (H + ρI)`` for row vectors ``V`` ``(k, p)`` -> ``(k, p)``."""
+
+
+def parse_damping(text: str) -> Damping:
+    """A damping written as text (a command-line option, a config value): ``check_damping`` of the number it
+    spells, or of the text itself ("heuristic")."""
+    try:
+        value: Any = float(text)
+    except ValueError:
+        value = text
+    return check_damping(value)

@@ -26,19 +26,20 @@ from tqdm.auto import tqdm
 
 from groupinf.baselines import tracin_scores, trak_scores
 from groupinf.checks import check_count, check_fields
-from groupinf.curvature import Damping, check_damping
+from groupinf.curvature import Damping, check_damping, fit_curvature
 from groupinf.curvature.dense import exact_hessian
 from groupinf.data import Dataset, load_dataset
 from groupinf.data.transforms import standardize
+from groupinf.digests import settings_digest
 from groupinf.experiments.class_pairs import class_pair_interactions
-from groupinf.experiments.common import as_tensors, digest, fit_curvature
+from groupinf.experiments.common import as_tensors
 from groupinf.experiments.figures import class_pair_figure, image_view
 from groupinf.experiments.jobs import run_jobs
 from groupinf.files import atomic_path, atomic_write_json
 from groupinf.groups import check_group_settings, group_sums, nearest_neighbour_groups, validate_groups
-from groupinf.influence import TARGET_KINDS, GroupInfluence
+from groupinf.influence import GroupInfluence
 from groupinf.models import linear_model, loss_for, mlp, resnet9, weight_parameters
-from groupinf.target import mean_loss
+from groupinf.target import TARGET_KINDS, mean_loss
 from groupinf.task import Task
 from groupinf.training import SGDConfig, fit_convex, is_positive_definite, train_sgd
 
@@ -111,7 +112,7 @@ class FaithfulnessConfig:
         keys = ("data", "data_dir", "model", "hidden", "width", "groups", "group_size", "seed", "distinct_groups", "l2")
         keys += ("sgd", "seeds", "max_train", "max_test")
         settings = {k: getattr(self, k) for k in keys} | {"data_fingerprint": data_fingerprint}
-        return digest(settings)
+        return settings_digest(settings)
 
 
 def subsample(data: Dataset, max_train: int | None, max_test: int | None, seed: int = 0) -> Dataset:
@@ -157,7 +158,7 @@ def retrain_convex_job(shared: dict, job: list[int]) -> dict:
 
 def group_key(m: int, group: np.ndarray) -> str:
     """``g<m>_<hash of the indices>``: a cached result can only be reused for the very same group."""
-    return f"g{m:04d}_{digest(group.tolist())[:12]}"
+    return f"g{m:04d}_{settings_digest(group.tolist())[:12]}"
 
 
 def retraining_truth(

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from groupinf.checks import check_device, option
 from groupinf.llm.config import ExtractConfig, SelectConfig, WarmupConfig, add_options, load_config
 
 MODEL_HELP = "a local Hugging Face model directory, or any name AutoModelForCausalLM can load on this machine"
@@ -22,12 +23,6 @@ def parse_target(text: str) -> tuple[str, Path]:
     if not sep or not name or not path or "/" in name:
         raise argparse.ArgumentTypeError(f"expected NAME=STORE (NAME without '/'), got {text!r}")
     return name, Path(path)
-
-
-def _parse_device(text: str) -> str:
-    from groupinf.cli import parse_device
-
-    return parse_device(text)
 
 
 def add_llm(commands: argparse._SubParsersAction) -> None:
@@ -45,7 +40,7 @@ def add_llm(commands: argparse._SubParsersAction) -> None:
     warm.add_argument("--out", type=Path, required=True, help="output directory (adapter/, optimizer.pt, warmup.json)")
     warm.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
     warm.add_argument(
-        "--device", type=_parse_device, default=None, help="torch device (default: cuda if available, else cpu)"
+        "--device", type=option(check_device), default=None, help="torch device (default: cuda if available, else cpu)"
     )
     add_options(warm, WarmupConfig)
 
@@ -63,7 +58,7 @@ def add_llm(commands: argparse._SubParsersAction) -> None:
     ext.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
     ext.add_argument(
         "--device",
-        type=_parse_device,
+        type=option(check_device),
         default=None,
         help="torch device (default: cuda:LOCAL_RANK if available, else cpu)",
     )
@@ -78,7 +73,7 @@ def add_llm(commands: argparse._SubParsersAction) -> None:
     sel.add_argument("--out", type=Path, required=True, help="output directory")
     sel.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
     sel.add_argument(
-        "--device", type=_parse_device, default="cpu", help="torch device for the curvature and the selection"
+        "--device", type=option(check_device), default="cpu", help="torch device for the curvature and the selection"
     )
     add_options(sel, SelectConfig)
 

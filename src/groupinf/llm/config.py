@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from groupinf.checks import check_fields, check_type
-from groupinf.curvature.base import Damping, check_damping
+from groupinf.curvature.base import Damping, check_damping, parse_damping
 
 TEMPLATES = ("auto", "tulu", "tokenizer")
 PRECISIONS = ("auto", "bf16", "fp32", "fp64")
@@ -186,9 +186,10 @@ def _parse_bool(text: str) -> bool:
 
 
 def _parse_damping(text: str) -> Damping:
-    from groupinf.cli import parse_damping
-
-    return parse_damping(text)
+    try:
+        return parse_damping(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type[Config]) -> None:

@@ -37,6 +37,7 @@ from scipy.stats import entropy
 
 from groupinf.checks import check_count, check_fields
 from groupinf.coresets import mean_similarity
+from groupinf.digests import file_digest
 from groupinf.files import atomic_path, atomic_write_json
 from groupinf.llm.config import (
     SECTIONS,
@@ -47,7 +48,6 @@ from groupinf.llm.config import (
     as_dict,
     read_config_file,
 )
-from groupinf.llm.store import file_digest
 from groupinf.selection import check_budget
 from groupinf.stages import Stage, Stages
 

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from groupinf.digests import file_digest
 from groupinf.files import exclusive
 from groupinf.llm.config import ExtractConfig, as_dict
 from groupinf.llm.data import Encoded, collate, encode, load_records, naming_lines, pad_id
@@ -34,7 +35,7 @@ from groupinf.llm.models import (
     resolve_precision,
 )
 from groupinf.llm.projection import Projector
-from groupinf.llm.store import GradientStore, StoreSpec, file_digest
+from groupinf.llm.store import GradientStore, StoreSpec
 
 
 @dataclass

@@ -32,11 +32,11 @@ from groupinf.curvature import Curvature
 from groupinf.curvature_ops import LowRankCurvature
 from groupinf.features import SelectionFeatures, select_from_features
 from groupinf.files import atomic_write_json
-from groupinf.influence import compute_shifts
 from groupinf.llm.config import SelectConfig, as_dict
 from groupinf.llm.curvature import fit_curvature
 from groupinf.llm.store import GradientStore
 from groupinf.selection import InteractionFactors, check_budget
+from groupinf.shifts import compute_shifts
 
 #: the settings that must agree between the pool store and a target store
 SHARED_SETTINGS = ("projection", "r_in", "r_out", "seed", "layers", "fisher", "precision")

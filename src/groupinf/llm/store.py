@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from groupinf.digests import file_digest
 from groupinf.files import atomic_path, atomic_write_bytes, atomic_write_json
 from groupinf.llm.projection import LayerSpec
 
@@ -39,15 +40,6 @@ TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32":
 #: how each storage dtype is memory-mapped with numpy (bfloat16 as raw 16-bit words, viewed by torch)
 NUMPY_DTYPES = {"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32}
 KINDS = ("gradients", "fisher")
-
-
-def file_digest(path: Path) -> str:
-    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from groupinf.digests import file_digest
 from groupinf.files import atomic_directory, atomic_path, atomic_write_json
 from groupinf.llm.config import WarmupConfig, as_dict
 from groupinf.llm.data import collate, encode, load_records, naming_lines, pad_id
 from groupinf.llm.models import check_model, load_model, load_tokenizer, resolve_device, resolve_precision
 from groupinf.llm.objective import response_nll
-from groupinf.llm.store import file_digest
 
 
 def warmup_indices(pool_size: int, fraction: float, seed: int) -> list[int]:
