@@ -2,7 +2,7 @@
 
 from groupinf.curvature.base import Curvature, Damping, check_damping, parse_damping, resolve_damping
 from groupinf.curvature.dense import EigenCurvature, exact_hessian, gauss_newton
-from groupinf.curvature.factored import gradient_products, hooked_gradients
+from groupinf.curvature.factored import gradient_products, hooked_gradients, influence_scores
 from groupinf.curvature.factory import CURVATURES, CurvatureKind, fit_curvature
 from groupinf.curvature.kfac import (
     EKFACCurvature,
@@ -32,6 +32,7 @@ __all__ = [
     "gauss_newton",
     "gradient_products",
     "hooked_gradients",
+    "influence_scores",
     "parse_damping",
     "resolve_damping",
     "tensor_batches",
