@@ -1,17 +1,30 @@
-"""The ``groupinf`` command line: faithfulness, select, selection-eval."""
+"""The ``groupinf`` command line: faithfulness, select, selection-eval, llm.
+
+Every expected failure (bad arguments, settings or input files, OS errors, an interrupt) ends the command
+with one line on stderr, ``groupinf: error: …`` naming the option, setting or file, and exit code 2 (130
+for an interrupt, after which the same command resumes). Arguments are checked before the first expensive
+stage, and a failed run leaves no empty directories behind.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
+from typing import NoReturn
 
+from groupinf.checks import check_device, option
 from groupinf.curvature import CURVATURES, Damping, parse_damping
 from groupinf.llm.cli import add_llm, run_llm
 from groupinf.selection import InteractionScale, parse_interaction_scale
 from groupinf.target import TARGET_KINDS
 from groupinf.training import ConvergenceError
+
+#: failures a user can cause and fix, reported in one line; anything else is a bug and keeps its traceback
+EXPECTED_ERRORS = (ValueError, OSError, ConvergenceError, ImportError)
 
 DATA_HELP = "digits | fashion-mnist | mnist | cifar10 | concrete | parkinsons | PATH.npz | PATH.csv"
 
@@ -22,6 +35,13 @@ def damping_option(text: str) -> Damping:
         return parse_damping(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+class Parser(argparse.ArgumentParser):
+    """Argument errors in one line, ``groupinf: error: …``, as every other failure (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"groupinf: error: {message} (see `{self.prog} --help`)\n")
 
 
 def parse_ints(text: str) -> tuple[int, ...]:
@@ -191,7 +211,9 @@ def add_select(commands: argparse._SubParsersAction) -> None:
     select.add_argument("--method", choices=["greedy", "topk", "random"], default="greedy")
     select.add_argument("--terms", choices=["F+I", "F", "F+B", "F+I+B"], default="F+I")
     select.add_argument("--seed", type=int, default=0, help="seed of random selection")
-    select.add_argument("--device", default="cpu", help="torch device for the selection loop (cpu, cuda, ...)")
+    select.add_argument(
+        "--device", type=option(check_device), default="cpu", help="torch device for the selection loop (cpu, cuda, …)"
+    )
     select.add_argument("--out", type=Path, required=True, help="output directory")
 
 
@@ -219,7 +241,7 @@ def add_selection_eval(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="groupinf", description="Interaction-aware group influence.")
+    parser = Parser(prog="groupinf", description="Interaction-aware group influence.")
     commands = parser.add_subparsers(dest="command", required=True)
     add_faithfulness(commands)
     add_select(commands)
@@ -380,15 +402,74 @@ COMMANDS = {
 }
 
 
+def check_output_directory(out: Path) -> None:
+    """A ``ValueError`` naming ``--out`` unless a run can write there (it need not exist yet)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory; pass a new or existing directory")
+    existing = next(path for path in (out, *out.parents) if path.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is a file, so no directory can be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: no permission to create files in {existing}")
+
+
+def directories(out: Path) -> set[Path]:
+    """``out``, its ancestors and its subdirectories that exist now."""
+    found = {path for path in (out, *out.parents) if path.is_dir()}
+    return found | {Path(d) for d, _, _ in os.walk(out)}
+
+
+def remove_new_empty_directories(out: Path, before: set[Path]) -> None:
+    """Remove the directories at, under or above ``out`` that are not in ``before`` and are empty."""
+    for directory in [*(Path(d) for d, _, _ in os.walk(out, topdown=False)), *out.parents]:
+        if directory not in before:
+            with suppress(OSError):  # not empty
+                directory.rmdir()
+
+
+def report(message: str) -> None:
+    """Print ``message`` to stderr on a line of its own: the progress bars a failure cut short are closed first."""
+    from tqdm import tqdm
+
+    for bar in list(tqdm._instances):
+        bar.close()
+    print(message, file=sys.stderr)
+
+
+def describe(error: BaseException) -> str:
+    """The error as one line; an OS error names its file first."""
+    text = str(error)
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        text = f"{error.filename}: {error.strerror}" + (f" (-> {error.filename2})" if error.filename2 else "")
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command: 0, or 2 after printing an expected failure in one line. An interrupt propagates (after
+    the same clean-up), for ``entry`` or an interactive caller to handle."""
     args = build_parser().parse_args(argv)
+    before, failed = directories(args.out), True
     try:
+        check_output_directory(args.out)
         COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, ConvergenceError) as error:
-        print(f"groupinf: error: {error}", file=sys.stderr)
+        failed = False
+        return 0
+    except EXPECTED_ERRORS as error:
+        report(f"groupinf: error: {describe(error)}")
         return 2
-    return 0
+    finally:
+        if failed:
+            remove_new_empty_directories(args.out, before)
+
+
+def entry() -> int:
+    """The ``groupinf`` program: ``main``, with Ctrl-C ending it with a short message and exit code 130."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        report("groupinf: interrupted; rerun the same command to resume")
+        return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from groupinf import estimators
+from groupinf.checks import check_count
 from groupinf.curvature import Curvature, CurvatureKind, Damping, fit_curvature
 from groupinf.curvature_ops import TargetCurvature
 from groupinf.digests import content_digest
@@ -57,7 +58,7 @@ class GroupInfluence:
         batch_size: int = 256,
     ) -> None:
         self.task, self.theta, self.inputs, self.targets = task, theta, inputs, targets
-        self.n = len(inputs) if n is None else n
+        self.n = len(inputs) if n is None else check_count(n, "n (the training-set size)")
         self.curvature = curvature
         self.hf = target_curvature(task, theta, hf) if isinstance(hf, str) else hf
         if group_hessian not in ("exact", "ggn"):

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from groupinf.checks import check_count
 from groupinf.curvature_ops import LowRankCurvature, TargetCurvature
 
 
@@ -170,8 +171,7 @@ class BasuFactors:
             raise ValueError(
                 f"Basu factors must both be (C, p), got {tuple(self.response.shape)} and {tuple(self.shifts.shape)}"
             )
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
+        check_count(self.n, "n (the training-set size)")
 
     def coefficients(self, size: int) -> tuple[float, float]:
         """``(c₁, c₂)`` of ``∇fᵀΔθ_B^add = −c₁ a_S + c₂ K_S`` for a set of ``size`` candidates."""

@@ -17,17 +17,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from groupinf.checks import check_count
 from groupinf.curvature import Curvature
 from groupinf.digests import content_digest
 from groupinf.gradients import per_example_gradients
 from groupinf.store import load_store, open_store
-from groupinf.task import Task
+from groupinf.task import Task, check_lengths
 
 
 def compute_shifts(curvature: Curvature, gradients: Tensor, n: int) -> Tensor:
     """``δ_i = (1/n) (H + ρI)⁻¹ g_i`` for gradients ``(N, p)`` -> ``(N, p)``."""
-    if n < 1:
-        raise ValueError(f"n (the training-set size) must be >= 1, got {n}")
+    check_count(n, "n (the training-set size)")
     if not torch.isfinite(gradients).all():
         raise ValueError("gradients contain NaN or inf; check the model and the data")
     return curvature.solve(gradients) / n
@@ -58,10 +58,8 @@ def stream_shifts(
     and ``meta``; a rerun with the same settings skips the finished shards, with different settings it
     raises unless ``overwrite``. ``on_shard(k)`` is called after shard ``k`` is safely on disk.
     """
-    if n < 1:
-        raise ValueError(f"n (the training-set size) must be >= 1, got {n}")
-    if len(inputs) != len(targets):
-        raise ValueError(f"inputs have {len(inputs)} rows but targets have {len(targets)}")
+    check_count(n, "n (the training-set size)")
+    check_lengths(inputs, targets)
     header = {
         "kind": "shifts",
         "n": int(n),

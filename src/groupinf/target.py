@@ -20,7 +20,7 @@ from groupinf.curvature_ops import OperatorCurvature, TargetCurvature
 from groupinf.gradients import batches, per_example_jacobians
 from groupinf.products import loss_ggn_vp, loss_hvp
 from groupinf.target_blocks import BlockDiagonalCurvature
-from groupinf.task import Target, Task, check_inputs
+from groupinf.task import Target, Task, check_inputs, check_lengths
 
 #: ``H_f`` choices: exact Hessian or Gauss–Newton products, whole or restricted to per-layer blocks.
 TargetKind = Literal["exact", "ggn", "block-exact", "block-ggn"]
@@ -33,8 +33,7 @@ class LossTarget(Target):
     def __init__(self, inputs: Tensor, targets: Tensor, batch_size: int = 1024) -> None:
         if len(inputs) == 0:
             raise ValueError("the target set has no examples")
-        if len(inputs) != len(targets):
-            raise ValueError(f"target inputs have {len(inputs)} rows but targets have {len(targets)}")
+        check_lengths(inputs, targets, what="target inputs")
         self.inputs, self.targets, self.batch_size = inputs, targets, batch_size
 
     @property

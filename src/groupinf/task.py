@@ -15,12 +15,17 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, jvp, vmap
 
+from groupinf.checks import check_type
 from groupinf.losses import Loss
 from groupinf.params import ParamSpace
 
 
 def check_inputs(theta: Tensor, *tensors: Tensor, what: str = "inputs") -> None:
-    """Raise ``ValueError`` when a tensor is on another device, has NaN/inf, or a float dtype mismatch."""
+    """Raise ``TypeError`` unless every argument is a tensor, ``ValueError`` when a tensor is on another
+    device, has NaN/inf, or a float dtype mismatch."""
+    for t in (theta, *tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"expected torch tensors for the parameters and {what}, got {type(t).__name__}")
     for t in tensors:
         if t.device != theta.device:
             raise ValueError(f"{what} are on {t.device} but the parameters are on {theta.device}; move them with .to()")
@@ -31,6 +36,12 @@ def check_inputs(theta: Tensor, *tensors: Tensor, what: str = "inputs") -> None:
                 )
             if not torch.isfinite(t).all():
                 raise ValueError(f"{what} contain NaN or inf values; clean the data first")
+
+
+def check_lengths(inputs: Tensor, targets: Tensor, what: str = "inputs") -> None:
+    """Raise ``ValueError`` unless ``inputs`` and ``targets`` have one row per example each."""
+    if len(inputs) != len(targets):
+        raise ValueError(f"{what} have {len(inputs)} rows but targets have {len(targets)}")
 
 
 class Target(ABC):
@@ -77,6 +88,7 @@ class Task:
     space: ParamSpace = field(init=False)
 
     def __post_init__(self) -> None:
+        check_type(float, "l2", self.l2)
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
         self.space = ParamSpace.of(self.model, self.param_names)

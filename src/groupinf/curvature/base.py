@@ -34,6 +34,8 @@ def check_damping(damping: Any) -> Damping:
 def resolve_damping(damping: Damping, mean_eigenvalue: float) -> float:
     """The numeric damping: ``damping`` itself, or ``0.1 × mean_eigenvalue`` for "heuristic"."""
     if check_damping(damping) == "heuristic":
+        if not math.isfinite(mean_eigenvalue):
+            raise ValueError(f"the curvature's mean eigenvalue is {mean_eigenvalue}: its inputs contain NaN or inf")
         return HEURISTIC_FACTOR * mean_eigenvalue
     return float(damping)
 

@@ -6,7 +6,7 @@ from typing import Literal, get_args
 
 from torch import Tensor
 
-from groupinf.curvature.base import Curvature, Damping
+from groupinf.curvature.base import Curvature, Damping, check_damping
 from groupinf.curvature.dense import EigenCurvature, exact_hessian, gauss_newton
 from groupinf.curvature.kfac import EKFACCurvature, KFACCurvature, tensor_batches
 from groupinf.task import Task
@@ -31,6 +31,7 @@ def fit_curvature(
     ``kfac``/``ekfac``: their Kronecker-factored approximations of the Gauss–Newton matrix (exact
     output-Hessian expectation), which average over the given examples and so need all ``n`` of them.
     """
+    check_damping(damping)
     if kind == "exact":
         return EigenCurvature(exact_hessian(task, theta, inputs, targets, n), damping)
     if kind == "ggn":

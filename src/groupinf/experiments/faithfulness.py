@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from groupinf.baselines import tracin_scores, trak_scores
-from groupinf.curvature import Damping, fit_curvature
+from groupinf.checks import check_count, check_fields
+from groupinf.curvature import Damping, check_damping, fit_curvature
 from groupinf.curvature.dense import exact_hessian
 from groupinf.data import Dataset, load_dataset
 from groupinf.data.transforms import standardize
@@ -35,7 +36,7 @@ from groupinf.experiments.common import as_tensors
 from groupinf.experiments.figures import class_pair_figure, image_view
 from groupinf.experiments.jobs import run_jobs
 from groupinf.files import atomic_path, atomic_write_json
-from groupinf.groups import group_sums, nearest_neighbour_groups, validate_groups
+from groupinf.groups import check_group_settings, group_sums, nearest_neighbour_groups, validate_groups
 from groupinf.influence import GroupInfluence
 from groupinf.models import linear_model, loss_for, mlp, resnet9, weight_parameters
 from groupinf.target import TARGET_KINDS, mean_loss
@@ -76,6 +77,13 @@ class FaithfulnessConfig:
     class_pairs: bool = False
 
     def __post_init__(self) -> None:
+        check_damping(self.damping)
+        for value in self.damping_sweep:
+            check_damping(value)
+        check_fields(self)
+        for name in ("max_train", "max_test", "group_size", "width", "trak_dim"):
+            if getattr(self, name) is not None:
+                check_count(getattr(self, name), name)
         if self.model not in ("lr", "mlp", "resnet9"):
             raise ValueError(f"model must be 'lr', 'mlp' or 'resnet9', got {self.model!r}")
         if self.target_curvature not in TARGET_KINDS:
@@ -327,6 +335,9 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
 
     start = time.perf_counter()
     group_size = config.group_size or max(2, round(0.05 * n))
+    check_group_settings(config.groups, group_size, n)
+    if config.class_pairs and data.kind != "classification":
+        raise ValueError(f"the class-pair analysis needs a classification data set; {config.data} is {data.kind}")
     if config.model == "lr":
         task, _ = build_task(data, config.l2)
         theta = fit_convex(task, task.theta(), X, y, n)
@@ -426,8 +437,6 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
             sweep[str(value)] = {method: stats["mean"] for method, stats in swept_summary.items()}
         results["damping_sweep"] = sweep
     if config.class_pairs:
-        if data.kind != "classification":
-            raise ValueError("the class-pair analysis needs a classification data set")
         pairs = class_pair_interactions(influence.shifts, influence.hf, y, data.num_classes)
         results["class_pairs"] = {"average": pairs.average.tolist(), "lowest": pairs.lowest, "highest": pairs.highest}
         class_pair_figure(
