@@ -253,7 +253,7 @@ def test_auto_interaction_scale_cross_validates_over_halves_of_the_target(tmp_pa
 def test_interaction_scale_settings(tmp_path):
     assert SelectConfig(interaction_scale="auto").interaction_scale == "auto"
     for bad in (0, -1.0, "fast", float("nan")):
-        with pytest.raises(ValueError, match="interaction.scale"):
+        with pytest.raises(ValueError, match=r"interaction.scale"):
             SelectConfig(interaction_scale=bad)
     with pytest.raises(ValueError, match="interaction_grid is empty"):
         SelectConfig(interaction_grid=())

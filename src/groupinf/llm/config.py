@@ -71,6 +71,10 @@ class WarmupConfig:
     target_modules: tuple[str, ...] = _help("module names that get LoRA adapters", LLAMA_LORA_TARGETS)
     learning_rate: float = _help("peak AdamW learning rate", 2e-5)
     weight_decay: float = _help("AdamW (decoupled) weight decay", 0.0)
+    max_grad_norm: float | None = _help(
+        "clip the gradient's global norm to this before each step (as the Hugging Face Trainer); null: no clipping",
+        1.0,
+    )
     warmup_ratio: float = _help("fraction of the optimizer steps with linear learning-rate warmup", 0.03)
     epochs: int = _help("passes over the warmup set", 4)
     batch_size: int = _help("effective batch size (examples per optimizer step)", 128)
@@ -93,6 +97,7 @@ class WarmupConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        _positive("max_grad_norm", self.max_grad_norm)
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
