@@ -54,7 +54,9 @@ ARTICLE = {"animal": "an animal", "fruit": "a fruit", "colour": "a colour", "too
 WORDS = tuple(word for words in CLASSES.values() for word in words)
 ADJECTIVES = ("small", "big", "old", "new", "nice", "odd", "tiny", "huge", "fine", "plain", "young", "clean")
 _SYLLABLES = ("ba", "do", "ki", "lu", "mo", "ne", "ra", "si", "tu", "vo")
-COUNTRIES = tuple(f"{a}{b}{end}".capitalize() for a in _SYLLABLES[:2] for b in _SYLLABLES[:6] for end in ("ria", "land"))
+COUNTRIES = tuple(
+    f"{a}{b}{end}".capitalize() for a in _SYLLABLES[:2] for b in _SYLLABLES[:6] for end in ("ria", "land")
+)
 CAPITALS = tuple(f"{a}{b}ton".capitalize() for a in _SYLLABLES[5:9] for b in _SYLLABLES[4:10])
 CAPITAL = dict(zip(COUNTRIES, CAPITALS, strict=True))
 SKILLS = ("arithmetic", "capital", "classify", "lookup", "string", "count", "compare")
