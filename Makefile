@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= runs/demo
 LLM_DEMO_OUT ?= runs/llm-toy
 
-.PHONY: demo demo-llm test bench lint install
+.PHONY: demo demo-llm test bench bench-llm gpu-check lint install
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,18 +35,33 @@ demo-llm: $(VENV)/.llm-embed
 test: $(VENV)/.llm-embed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
 
+# The peers (Kronfluence, dattri's LoGra, dattri-llm) share one environment beside the project's, on the same
+# torch build: their dependencies do not clash with each other. Kronfluence declares torchvision but never
+# imports it, and PyPI's torchvision would replace this torch with another build (CUDA, several GB), so
+# Kronfluence goes in without its declared dependencies and they are listed here instead.
+KRONFLUENCE_DEPS := accelerate einops einconv opt-einsum safetensors tqdm
 $(BENCH_VENV)/.installed: pyproject.toml
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q $(TORCH_SPEC)
-	$(BENCH_VENV)/bin/python -m pip install -q -e . kronfluence==1.0.1
+	$(BENCH_VENV)/bin/python -m pip install -q -e ".[llm]" $(KRONFLUENCE_DEPS) dattri==0.3.0 "dattri-llm[transformers]==0.1.0"
+	$(BENCH_VENV)/bin/python -m pip install -q --no-deps kronfluence==1.0.1
 	touch $@
 
-# Kronfluence pulls in torchvision, whose PyPI build breaks transformers' import beside this torch: the
-# comparisons with it run in .venv-bench, everything else in the project's .venv.
+# Each comparison runs every library in its own process; the peers' code only ever runs in .venv-bench.
 bench: $(BENCH_VENV)/.installed $(VENV)/.installed
 	$(PY) -m benchmarks greedy_selection llm_extraction
 	$(BENCH_VENV)/bin/python -m benchmarks ekfac_vs_kronfluence curvature_agreement
 
+# Projected-gradient extraction and curvature fit against dattri's LoGra, dattri-llm and Kronfluence, and
+# against a plain forward+backward pass: writes runs/bench/llm_vs_peers.json.
+bench-llm: $(BENCH_VENV)/.installed $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.llm_vs_peers --peers-python $(BENCH_VENV)/bin/python --out runs/bench/llm_vs_peers.json
+
+# warmup -> extract -> select on CUDA in bf16 with a random ~100M-parameter Llama; one line and exit 0 without CUDA.
+gpu-check: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m benchmarks.gpu_check
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports

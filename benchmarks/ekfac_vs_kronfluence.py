@@ -25,11 +25,11 @@ Memory is the peak resident set size of each worker process (``VmHWM`` from ``/p
 and above the worker's RSS after imports, model and data are loaded; tracemalloc would miss torch's
 allocations. Wall time covers fitting and scoring only (not imports, data or training).
 
-Measured on the shared 2-core CPU machine (torch 2.13 CPU, Kronfluence 1.0.1, 1 thread each, load from
-other jobs so timings vary by up to 2x between runs): groupinf's EK-FAC fit took 0.7-1.6 s against
-Kronfluence's 25-37 s (fit ratio 0.02-0.05; Kronfluence's Λ stage, which materialises per-example
-gradients, was 95 % of its fit); scoring 200 x 5000 took about as long in both (ratio 0.6-1.3); total
-ratio 0.16-0.33; peak RSS ratio 0.94-1.04; Spearman 0.999998 and Pearson 1.000000 over all 10⁶ scores.
+Measured on the shared 2-core CPU machine (torch 2.13 CPU, Kronfluence 1.0.1, 1 thread each, load 6-9 from
+other jobs): groupinf's EK-FAC fit took 1.3-1.7 s against Kronfluence's 32-44 s (fit ratio 0.04-0.05;
+Kronfluence's Λ stage, which materialises per-example gradients, was over 90 % of its fit); scoring 200 x 5000
+with ``influence_scores`` 5.8-7.2 s against 11.8-11.9 s (ratio 0.49-0.61); total ratio 0.161-0.165; Spearman
+0.999998 and Pearson 1.000000 over all 10⁶ scores (docs/results.md §3).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def memory() -> dict[str, float]:
 
 
 def run_groupinf(setup: dict, batch_size: int) -> tuple[np.ndarray, dict]:
-    from groupinf.curvature import EKFACCurvature, fit_factors, gradient_products, hooked_gradients, tensor_batches
+    from groupinf.curvature import EKFACCurvature, fit_factors, influence_scores, tensor_batches
     from groupinf.losses import CrossEntropy
     from groupinf.target import mean_loss
     from groupinf.task import Task
@@ -119,9 +119,8 @@ def run_groupinf(setup: dict, batch_size: int) -> tuple[np.ndarray, dict]:
         factors, task, theta, data, damping="heuristic", dtype=torch.float32, compute_dtype=torch.float32
     )
     fitted = time.perf_counter()
-    queries = hooked_gradients(task, theta, tensor_batches(Xq, yq, batch_size))  # (Q, p), hooks, no vmap
-    preconditioned = curvature.solve(queries)  # (Q, p)
-    scores = gradient_products(task, theta, data, preconditioned)  # (Q, N), no per-example train gradients
+    # (Q, N) in the eigenbasis: no per-example gradient, no dense query gradient, no rotation back
+    scores = influence_scores(task, theta, tensor_batches(Xq, yq, batch_size), data, curvature)
     done = time.perf_counter()
     info = {"fit_s": fitted - start, "score_s": done - fitted, "total_s": done - start}
     info["stages_s"] = {"covariances": covariances - start, "eigh": eigen - covariances, "lambda": fitted - eigen}

@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import platform
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from benchmarks._timing import best_of, interleaved
 from groupinf.llm.config import ExtractConfig
 from groupinf.llm.curvature import fit_curvature
 from groupinf.llm.data import collate, encode, pad_id
@@ -121,24 +121,6 @@ def selection_costs(args: argparse.Namespace) -> None:
         f"features of one target ({vectors} vectors): {features_s:.3f} s = {features_s / rows * 1e6:.1f} us per "
         f"pool example = {features_s / (rows * dim * vectors) * 1e9:.3f} ns per (example x d x vector)"
     )
-
-
-def best_of(repeats: int, work) -> tuple[float, object]:
-    return interleaved(repeats, {"work": work})["work"]
-
-
-def interleaved(repeats: int, works: dict) -> dict[str, tuple[float, object]]:
-    """The best time and the result of each work, running them in turn ``repeats`` times (so that a burst
-    of load from other processes hits every path alike)."""
-    best: dict[str, tuple[float, object]] = {}
-    for _ in range(repeats):
-        for name, work in works.items():
-            start = time.perf_counter()
-            result = work()
-            seconds = time.perf_counter() - start
-            if name not in best or seconds < best[name][0]:
-                best[name] = (seconds, result)
-    return best
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,8 @@ import torch
 
 import groupinf
 from groupinf.llm.config import ExtractConfig
+from groupinf.llm.projection import LayerSpec
+from groupinf.llm.store import GradientStore, StoreSpec
 from groupinf.llm.tiny import save_tiny_model, synthetic_records, write_jsonl
 
 SRC = Path(groupinf.__file__).resolve().parents[1]
@@ -81,3 +83,33 @@ def random_adapter(model: Path, out: Path, rank: int = 4, targets: tuple[str, ..
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), init_lora_weights=False)
     get_peft_model(AutoModelForCausalLM.from_pretrained(model), lora).save_pretrained(out)
     return out
+
+
+#: "a" and "c" share a shape (one group, non-adjacent columns), "b" is the other group
+LAYERS = (
+    LayerSpec("a", d_out=8, d_in=8, r_out=2, r_in=3),
+    LayerSpec("b", d_out=8, d_in=8, r_out=3, r_in=2),
+    LayerSpec("c", d_out=8, d_in=8, r_out=2, r_in=3),
+)
+
+SETTINGS = {"projection": "gaussian", "seed": 0}
+
+
+def synthetic_store(path, rows: int, seed: int, fisher: str = "true", source=None) -> GradientStore:
+    """A store of random projected gradients and moment sums (no model), float32, shards of 16."""
+    gen = torch.Generator().manual_seed(seed)
+    spec = StoreSpec(rows, 16, "float32", fisher, LAYERS, source or {"model": "m"}, SETTINGS)
+    store = GradientStore.prepare(path, spec)
+    for shard in range(spec.num_shards):
+        start, stop = spec.rows(shard)
+        kinds = ("gradients", "fisher") if fisher == "true" else ("gradients",)
+        arrays = {kind: torch.randn(stop - start, spec.dim, generator=gen) for kind in kinds}
+        tokens = 5 * (stop - start)
+        moments = {"tokens": torch.tensor(float(tokens), dtype=torch.float64)}
+        moments["examples"] = torch.tensor(float(stop - start), dtype=torch.float64)
+        for layer in LAYERS:
+            x = torch.randn(tokens, layer.r_in, generator=gen, dtype=torch.float64)
+            s = torch.randn(tokens, layer.r_out, generator=gen, dtype=torch.float64)
+            moments[f"in:{layer.name}"], moments[f"out:{layer.name}"] = x.T @ x, s.T @ s
+        store.write_shard(shard, arrays, moments, {"ids": [f"p{i}" for i in range(start, stop)]})
+    return store

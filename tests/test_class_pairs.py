@@ -27,9 +27,9 @@ def test_class_pair_averages_equal_brute_force():
 def test_digits_class_pairs_follow_proposition_1():
     """Multinomial LR on digits: every same-class average J is positive, every cross-class one negative,
     so the lowest-average pair is cross-class and the highest same-class."""
+    from groupinf.curvature import fit_curvature
     from groupinf.data import load_dataset
     from groupinf.data.transforms import standardize
-    from groupinf.experiments.common import fit_curvature
     from groupinf.experiments.faithfulness import build_task
     from groupinf.influence import GroupInfluence
     from groupinf.training import fit_convex

@@ -1,7 +1,16 @@
 import pytest
 import torch
 
-from groupinf.curvature import EigenCurvature, exact_hessian, gauss_newton
+from groupinf.curvature import (
+    EigenCurvature,
+    EKFACCurvature,
+    KFACCurvature,
+    exact_hessian,
+    fit_curvature,
+    gauss_newton,
+    parse_damping,
+    resolve_damping,
+)
 from groupinf.gradients import per_example_jacobians
 from groupinf.losses import CrossEntropy
 from groupinf.models import linear_model
@@ -85,3 +94,33 @@ def test_zero_feature_without_l2_gives_singular_hessian():
     task = Task(model.double(), loss, 0.0, mean_loss(X, y))
     with pytest.raises(ValueError, match="singular"):
         EigenCurvature(exact_hessian(task, task.theta(), X, y, 20))
+
+
+def test_damping_settings_are_parsed_and_checked_once():
+    assert parse_damping("0.25") == 0.25 and parse_damping("0") == 0.0
+    assert parse_damping("heuristic") == "heuristic"
+    assert resolve_damping("heuristic", 3.0) == pytest.approx(0.3)
+    assert resolve_damping(0.5, 3.0) == 0.5
+    for bad in ("-1", "nan", "inf", "lots", "Heuristic"):
+        with pytest.raises(ValueError, match="damping must be a finite number >= 0 or 'heuristic'"):
+            parse_damping(bad)
+    for bad in (-0.1, float("nan"), "lots", True):
+        with pytest.raises(ValueError, match="damping must be"):
+            resolve_damping(bad, 1.0)
+
+
+def test_curvature_by_name(mlp_task):
+    task, theta, X, y = mlp_task
+    V = torch.randn(3, theta.numel(), dtype=torch.float64)
+    exact = fit_curvature("exact", task, theta, X, y, len(X), 1.0)
+    torch.testing.assert_close(exact.solve(V), EigenCurvature(exact_hessian(task, theta, X, y, len(X)), 1.0).solve(V))
+    ggn = fit_curvature("ggn", task, theta, X, y, 2 * len(X), "heuristic")
+    torch.testing.assert_close(
+        ggn.matvec(V), EigenCurvature(gauss_newton(task, theta, X, 2 * len(X)), "heuristic").matvec(V)
+    )
+    assert type(fit_curvature("kfac", task, theta, X, y, len(X), 0.1)) is KFACCurvature
+    assert type(fit_curvature("ekfac", task, theta, X, y, len(X), 0.1)) is EKFACCurvature
+    with pytest.raises(ValueError, match="pass all n training examples"):
+        fit_curvature("ekfac", task, theta, X, y, 2 * len(X), 0.1)
+    with pytest.raises(ValueError, match="curvature must be one of"):
+        fit_curvature("lanczos", task, theta, X, y, len(X), 0.1)

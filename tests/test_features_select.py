@@ -12,8 +12,8 @@ from groupinf.curvature import EigenCurvature, gauss_newton
 from groupinf.curvature_ops import LowRankCurvature
 from groupinf.data import load_dataset
 from groupinf.features import SelectionFeatures, compute_features, select_from_features
-from groupinf.influence import target_curvature
 from groupinf.methods import METHODS
+from groupinf.target import target_curvature
 from groupinf.training import SGDConfig
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from groupinf.curvature import EigenCurvature, gauss_newton
-from groupinf.curvature.factored import gradient_products, hooked_gradients
+from groupinf.curvature.factored import gradient_products, hooked_gradients, influence_scores
 from groupinf.curvature.hooks import backpropagate, find_layers, recording
 from groupinf.curvature.kfac import (
     EKFACCurvature,
@@ -547,3 +547,16 @@ def test_gradient_products_without_per_example_gradients(kind, mlp, cnn):
     grads = per_example_gradients(task, theta, X, y)
     torch.testing.assert_close(products, M @ grads.T)
     torch.testing.assert_close(hooked_gradients(task, theta, tensor_batches(X, y, 16)), grads)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "sequence", "shared"])
+@pytest.mark.parametrize("curvature", [EKFACCurvature, KFACCurvature])
+def test_influence_scores_in_the_eigenbasis_equal_solving_the_queries(kind, curvature, mlp, cnn):
+    """influence_scores (rotated factors, no query gradient, no rotation back) = solve(Q) against the gradients."""
+    task, theta, X, y = _task_of_kind(kind, mlp, cnn)
+    train, queries = tensor_batches(X, y, 16), tensor_batches(X[:7], y[:7], 4)
+    fitted = curvature.fit(task, theta, train, damping=0.05)
+    reference = gradient_products(task, theta, train, fitted.solve(hooked_gradients(task, theta, queries)))
+    torch.testing.assert_close(influence_scores(task, theta, queries, train, fitted), reference, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="queries yielded no examples"):
+        influence_scores(task, theta, [], train, fitted)

@@ -108,3 +108,48 @@ def test_experiment_runs_every_method_and_resumes(tmp_path, capsys):
     assert main(["llm", "experiment", "--config", str(config), "--out", str(out)]) in (0, None)
     changed = [p for p, t in stamps.items() if not p.exists() or p.stat().st_mtime_ns != t]
     assert changed == [out / "eval" / "random" / "lookup_qa" / "seed3.json"]
+
+
+@pytest.mark.slow
+def test_a_rerun_with_other_settings_stops_or_recomputes_only_the_changed_stages(tmp_path, capsys):
+    config = tmp_path / "mini.json"
+    mini = {**MINI, "experiment": {**MINI["experiment"], "methods": ["F+I", "Random", "Embedding"]}}
+    config.write_text(json.dumps(mini))
+    out = tmp_path / "run"
+    args = ["llm", "experiment", "--config", str(config), "--out", str(out)]
+    assert main(args) == 0
+
+    def stamps() -> dict:
+        return {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+    def changed(before: dict) -> set:
+        after = stamps()
+        return {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+
+    def redone(before: dict) -> set:
+        """The stages (and their records) whose files changed since ``before``, and the results files."""
+        paths = [p.with_suffix("").parts if p.parts[0] == "stages" else p.parts for p in changed(before)]
+        return {"/".join(parts[:2]) if parts[0] == "stages" else parts[0] for parts in paths}
+
+    first = stamps()
+    config.write_text(json.dumps({**mini, "select": {"k": 2}}))
+    capsys.readouterr()
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("groupinf: error: ") and "select.k: 4 -> 2" in error and "--recompute" in error
+    assert changed(first) == set()  # stopped before touching anything
+
+    assert main([*args, "--recompute"]) == 0
+    chosen = json.loads((out / "selections.json").read_text())
+    assert all(len(indices) == 2 for row in chosen.values() for indices in row.values())
+    assert json.loads((out / "results.json").read_text())["k"] == 2
+    results = {"results.json", "results.md", "results.png"}
+    stages = {"select", "baselines", "selections", "finetune", "eval"}
+    # the world, the warmup and the gradient stores are kept
+    assert redone(first) == stages - {"selections"} | {"selections.json"} | {f"stages/{s}" for s in stages} | results
+
+    second = stamps()
+    fewer_tokens = {**mini["experiment"], "max_new_tokens": 3}
+    config.write_text(json.dumps({**mini, "select": {"k": 2}, "experiment": fewer_tokens}))
+    assert main([*args, "--recompute"]) == 0
+    assert redone(second) == {"eval", "stages/eval"} | results

@@ -102,6 +102,16 @@ def test_moments_and_tokens_ignore_padding(tiny):
         assert batched.input_moments[name].shape == (2, 2) and batched.output_moments[name].shape == (3, 3)
 
 
+def test_results_hold_no_autograd_graph(tiny):
+    """Nothing a batch yields requires grad: a graph there kept every batch's activations alive (the moment sums
+    of a shard chained them, memory grew with the number of batches)."""
+    _, model, tokenizer, examples = tiny
+    projector = Projector(model, linear_layers(model), "gaussian", r_out=3, r_in=2, seed=1)
+    result = projector.compute(collate(examples, pad_id(tokenizer)), "true", range(len(examples)))
+    tensors = [result.gradients, result.fisher, *result.input_moments.values(), *result.output_moments.values()]
+    assert not any(t.requires_grad for t in tensors)
+
+
 def test_sampled_labels_replace_response_tokens_only_and_do_not_depend_on_the_batch(tiny):
     _, model, tokenizer, examples = tiny
     batch = collate(examples, pad_id(tokenizer))
@@ -144,3 +154,19 @@ def test_bad_layer_choices_raise(tiny):
         Projector(model, layers, "sparse", 2, 2, seed=0)
     with pytest.raises(ValueError, match="fisher"):
         Projector(model, layers, "gaussian", 1, 1, seed=0).compute({}, "exact", [])
+
+
+def test_response_nll_is_the_sum_over_response_tokens_of_the_next_token_nll():
+    """Position t predicts token t + 1; prompt and padding tokens (-100) count nothing; bf16 logits in float32."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 11, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 11, (3, 7), generator=gen)
+    labels[:, :2], labels[2, 5:] = IGNORE_INDEX, IGNORE_INDEX
+    log_p = torch.log_softmax(logits, dim=-1)
+    expected = torch.stack(
+        [-sum(log_p[b, t, labels[b, t + 1]] for t in range(6) if labels[b, t + 1] != IGNORE_INDEX) for b in range(3)]
+    )
+    torch.testing.assert_close(response_nll(logits, labels), expected)
+    half = response_nll(logits.bfloat16(), labels)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, response_nll(logits.bfloat16().double(), labels).float())

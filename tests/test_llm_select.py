@@ -13,7 +13,6 @@ from groupinf.cli import main
 from groupinf.curvature import EigenCurvature
 from groupinf.curvature_ops import LowRankCurvature
 from groupinf.features import SelectionFeatures
-from groupinf.influence import compute_shifts
 from groupinf.llm.config import SelectConfig
 from groupinf.llm.curvature import KroneckerCurvature, fit_curvature, projected_fisher
 from groupinf.llm.data import collate, encode, load_records, pad_id
@@ -21,45 +20,19 @@ from groupinf.llm.models import linear_layers, load_model, load_tokenizer
 from groupinf.llm.objective import response_nll
 from groupinf.llm.projection import LayerSpec
 from groupinf.llm.select import load_target, pool_features, run_selection
-from groupinf.llm.store import GradientStore, StoreSpec
+from groupinf.llm.store import GradientStore
 from groupinf.selection import InteractionFactors, greedy_select, random_select, topk_select
+from groupinf.shifts import compute_shifts
 from llm_helpers import (
+    LAYERS,
     TINY_EXTRACT,
     extract_args,
     make_world,
     random_adapter,
+    synthetic_store,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread", "private_datasets_cache")
-
-#: "a" and "c" share a shape (one group, non-adjacent columns), "b" is the other group
-LAYERS = (
-    LayerSpec("a", d_out=8, d_in=8, r_out=2, r_in=3),
-    LayerSpec("b", d_out=8, d_in=8, r_out=3, r_in=2),
-    LayerSpec("c", d_out=8, d_in=8, r_out=2, r_in=3),
-)
-
-SETTINGS = {"projection": "gaussian", "seed": 0}
-
-
-def synthetic_store(path, rows: int, seed: int, fisher: str = "true", source=None) -> GradientStore:
-    """A store of random projected gradients and moment sums (no model), float32, shards of 16."""
-    gen = torch.Generator().manual_seed(seed)
-    spec = StoreSpec(rows, 16, "float32", fisher, LAYERS, source or {"model": "m"}, SETTINGS)
-    store = GradientStore.prepare(path, spec)
-    for shard in range(spec.num_shards):
-        start, stop = spec.rows(shard)
-        kinds = ("gradients", "fisher") if fisher == "true" else ("gradients",)
-        arrays = {kind: torch.randn(stop - start, spec.dim, generator=gen) for kind in kinds}
-        tokens = 5 * (stop - start)
-        moments = {"tokens": torch.tensor(float(tokens), dtype=torch.float64)}
-        moments["examples"] = torch.tensor(float(stop - start), dtype=torch.float64)
-        for layer in LAYERS:
-            x = torch.randn(tokens, layer.r_in, generator=gen, dtype=torch.float64)
-            s = torch.randn(tokens, layer.r_out, generator=gen, dtype=torch.float64)
-            moments[f"in:{layer.name}"], moments[f"out:{layer.name}"] = x.T @ x, s.T @ s
-        store.write_shard(shard, arrays, moments, {"ids": [f"p{i}" for i in range(start, stop)]})
-    return store
 
 
 def blocks(matrix_per_layer):

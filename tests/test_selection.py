@@ -7,6 +7,7 @@ from groupinf.curvature_ops import DenseCurvature, LowRankCurvature
 from groupinf.selection import (
     InteractionFactors,
     addition_objective,
+    first_argmin,
     greedy_select,
     marginal_scores,
     random_select,
@@ -234,3 +235,14 @@ def test_basu_terms_in_greedy_equal_brute_force(mlp_task):
             torch.testing.assert_close(sel.scores[step], gains[best])
             chosen.append(best)
         torch.testing.assert_close(marginal_scores(a, sel.indices, inter, basu), sel.scores)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_first_argmin_is_torch_argmin_with_ties_and_inf(dtype):
+    """The CPU fast path (numpy's argmin) and torch.argmin agree: the first of tied minima, +inf never chosen."""
+    values = torch.tensor([3.0, float("inf"), -2.0, 5.0, -2.0, float("inf")], dtype=dtype)
+    assert int(first_argmin(values)) == int(torch.argmin(values)) == 2
+    values[2] = float("inf")
+    assert int(first_argmin(values)) == 4
+    noise = torch.randn(50_000, generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert int(first_argmin(noise)) == int(torch.argmin(noise))

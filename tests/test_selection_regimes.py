@@ -22,8 +22,8 @@ from groupinf.experiments.selection_eval import (
     train_model,
 )
 from groupinf.features import compute_features
-from groupinf.influence import target_curvature
 from groupinf.selection import greedy_select
+from groupinf.target import target_curvature
 from groupinf.training import SGDConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,9 +11,8 @@ from torch import nn
 
 from groupinf.curvature import EigenCurvature, KFACCurvature, gauss_newton, tensor_batches
 from groupinf.gradients import per_example_gradients
-from groupinf.influence import compute_shifts
 from groupinf.losses import CrossEntropy
-from groupinf.shifts import load_shifts, stream_shifts
+from groupinf.shifts import compute_shifts, load_shifts, stream_shifts
 from groupinf.store import load_store, open_store
 from groupinf.target import mean_loss
 from groupinf.task import Task

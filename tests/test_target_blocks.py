@@ -8,10 +8,10 @@ from torch import nn
 
 from groupinf.curvature import EigenCurvature, gauss_newton
 from groupinf.experiments.faithfulness import build_task
-from groupinf.influence import GroupInfluence, target_curvature
+from groupinf.influence import GroupInfluence
 from groupinf.losses import CrossEntropy
 from groupinf.models import loss_for, mlp
-from groupinf.target import mean_loss
+from groupinf.target import mean_loss, target_curvature
 from groupinf.target_blocks import BlockDiagonalCurvature, layer_blocks
 from groupinf.task import Task
 

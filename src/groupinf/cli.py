@@ -1,32 +1,47 @@
-"""The ``groupinf`` command line: faithfulness, select, selection-eval."""
+"""The ``groupinf`` command line: faithfulness, select, selection-eval, llm.
+
+Every expected failure (bad arguments, settings or input files, OS errors, an interrupt) ends the command
+with one line on stderr, ``groupinf: error: …`` naming the option, setting or file, and exit code 2 (130
+for an interrupt, after which the same command resumes). Arguments are checked before the first expensive
+stage, and a failed run leaves no empty directories behind.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
+from typing import NoReturn
 
-from groupinf.curvature import Damping
-from groupinf.influence import TARGET_KINDS
+from groupinf.checks import check_device, option
+from groupinf.curvature import CURVATURES, Damping, parse_damping
 from groupinf.llm.cli import add_llm, run_llm
 from groupinf.selection import InteractionScale, parse_interaction_scale
+from groupinf.target import TARGET_KINDS
 from groupinf.training import ConvergenceError
+
+#: failures a user can cause and fix, reported in one line; anything else is a bug and keeps its traceback
+EXPECTED_ERRORS = (ValueError, OSError, ConvergenceError, ImportError)
 
 DATA_HELP = "digits | fashion-mnist | mnist | cifar10 | concrete | parkinsons | PATH.npz | PATH.csv"
 
 
-def parse_damping(text: str) -> Damping:
-    """A number >= 0, or "heuristic" (0.1 × mean eigenvalue)."""
-    if text == "heuristic":
-        return text
+def damping_option(text: str) -> Damping:
+    """``--damping``: a finite number >= 0, or "heuristic" (0.1 × mean eigenvalue)."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"damping must be a number or 'heuristic', got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"damping must be >= 0, got {value}")
-    return value
+        return parse_damping(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+class Parser(argparse.ArgumentParser):
+    """Argument errors in one line, ``groupinf: error: …``, as every other failure (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"groupinf: error: {message} (see `{self.prog} --help`)\n")
 
 
 def parse_ints(text: str) -> tuple[int, ...]:
@@ -84,11 +99,9 @@ def add_faithfulness(commands: argparse._SubParsersAction) -> None:
         help="independent anchor draws (seeds SEED, SEED+1, …): Spearman per draw and its mean (default 1)",
     )
     faith.add_argument(
-        "--damping", type=parse_damping, default=0.0, help="damping ρ: a number or 'heuristic' (default 0)"
+        "--damping", type=damping_option, default=0.0, help="damping ρ: a number or 'heuristic' (default 0)"
     )
-    faith.add_argument(
-        "--curvature", choices=["exact", "ggn", "kfac", "ekfac"], default="exact", help="training curvature"
-    )
+    faith.add_argument("--curvature", choices=CURVATURES, default="exact", help="training curvature")
     faith.add_argument(
         "--target-curvature",
         choices=TARGET_KINDS,
@@ -171,10 +184,8 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
         "--label-noise", type=parse_fraction, default=None, help="noisy: this fraction of the pool has a wrong label"
     )
     parser.add_argument("--hidden", type=parse_ints, default=None, help="MLP hidden widths, e.g. 64,64")
-    parser.add_argument(
-        "--curvature", choices=["exact", "ggn", "kfac", "ekfac"], default=None, help="training curvature"
-    )
-    parser.add_argument("--damping", type=parse_damping, default=None, help="damping ρ or 'heuristic'")
+    parser.add_argument("--curvature", choices=CURVATURES, default=None, help="training curvature")
+    parser.add_argument("--damping", type=damping_option, default=None, help="damping ρ or 'heuristic'")
     parser.add_argument(
         "--target-curvature", choices=TARGET_KINDS, default=None, help="H_f products, whole or per-layer blocks"
     )
@@ -213,7 +224,9 @@ def add_select(commands: argparse._SubParsersAction) -> None:
     select.add_argument("--method", choices=["greedy", "topk", "random"], default="greedy")
     select.add_argument("--terms", choices=["F+I", "F", "F+B", "F+I+B"], default="F+I")
     select.add_argument("--seed", type=int, default=0, help="seed of random selection")
-    select.add_argument("--device", default="cpu", help="torch device for the selection loop (cpu, cuda, ...)")
+    select.add_argument(
+        "--device", type=option(check_device), default="cpu", help="torch device for the selection loop (cpu, cuda, …)"
+    )
     select.add_argument("--out", type=Path, required=True, help="output directory")
 
 
@@ -241,7 +254,7 @@ def add_selection_eval(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="groupinf", description="Interaction-aware group influence.")
+    parser = Parser(prog="groupinf", description="Interaction-aware group influence.")
     commands = parser.add_subparsers(dest="command", required=True)
     add_faithfulness(commands)
     add_select(commands)
@@ -309,7 +322,7 @@ def run_faithfulness(args: argparse.Namespace) -> None:
 def run_select(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from groupinf.experiments.common import digest
+    from groupinf.digests import file_digest
     from groupinf.experiments.jobs import run_jobs
     from groupinf.experiments.selection_eval import (
         PoolAnalysis,
@@ -346,9 +359,7 @@ def run_select(args: argparse.Namespace) -> None:
             raise ValueError(f"k = {args.k} is larger than the pool ({len(problem.X_pool)} candidates)")
         root = args.out / "work" / config.model_fingerprint(fingerprint)
         if args.checkpoint is not None:  # features of a given θ* live apart from those of a trained one
-            root = (
-                root / f"checkpoint-{digest(args.checkpoint.read_bytes()) if args.checkpoint.is_file() else 'missing'}"
-            )
+            root = root / f"checkpoint-{file_digest(args.checkpoint)[:16] if args.checkpoint.is_file() else 'missing'}"
         analysis = PoolAnalysis(config, problem, root, args.checkpoint)
         if scale == "auto":
             shared = shared_data(config, problem)
@@ -407,15 +418,74 @@ COMMANDS = {
 }
 
 
+def check_output_directory(out: Path) -> None:
+    """A ``ValueError`` naming ``--out`` unless a run can write there (it need not exist yet)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory; pass a new or existing directory")
+    existing = next(path for path in (out, *out.parents) if path.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is a file, so no directory can be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: no permission to create files in {existing}")
+
+
+def directories(out: Path) -> set[Path]:
+    """``out``, its ancestors and its subdirectories that exist now."""
+    found = {path for path in (out, *out.parents) if path.is_dir()}
+    return found | {Path(d) for d, _, _ in os.walk(out)}
+
+
+def remove_new_empty_directories(out: Path, before: set[Path]) -> None:
+    """Remove the directories at, under or above ``out`` that are not in ``before`` and are empty."""
+    for directory in [*(Path(d) for d, _, _ in os.walk(out, topdown=False)), *out.parents]:
+        if directory not in before:
+            with suppress(OSError):  # not empty
+                directory.rmdir()
+
+
+def report(message: str) -> None:
+    """Print ``message`` to stderr on a line of its own: the progress bars a failure cut short are closed first."""
+    from tqdm import tqdm
+
+    for bar in list(tqdm._instances):
+        bar.close()
+    print(message, file=sys.stderr)
+
+
+def describe(error: BaseException) -> str:
+    """The error as one line; an OS error names its file first."""
+    text = str(error)
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        text = f"{error.filename}: {error.strerror}" + (f" (-> {error.filename2})" if error.filename2 else "")
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command: 0, or 2 after printing an expected failure in one line. An interrupt propagates (after
+    the same clean-up), for ``entry`` or an interactive caller to handle."""
     args = build_parser().parse_args(argv)
+    before, failed = directories(args.out), True
     try:
+        check_output_directory(args.out)
         COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, ConvergenceError) as error:
-        print(f"groupinf: error: {error}", file=sys.stderr)
+        failed = False
+        return 0
+    except EXPECTED_ERRORS as error:
+        report(f"groupinf: error: {describe(error)}")
         return 2
-    return 0
+    finally:
+        if failed:
+            remove_new_empty_directories(args.out, before)
+
+
+def entry() -> int:
+    """The ``groupinf`` program: ``main``, with Ctrl-C ending it with a short message and exit code 130."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        report("groupinf: interrupted; rerun the same command to resume")
+        return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

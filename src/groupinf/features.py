@@ -13,17 +13,16 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from groupinf.curvature import Curvature
 from groupinf.curvature_ops import LowRankCurvature, TargetCurvature
-from groupinf.files import atomic_path
+from groupinf.files import atomic_path, read_safetensors
 from groupinf.gradients import per_example_gradients
-from groupinf.influence import compute_shifts
 from groupinf.products import per_example_ggn_vp, per_example_hvp
 from groupinf.selection import BasuFactors, InteractionFactors, Selection, greedy_select, random_select, topk_select
+from groupinf.shifts import compute_shifts
 from groupinf.task import Task
 
 FORMAT = "groupinf-selection-features/1"
@@ -100,13 +99,11 @@ class SelectionFeatures:
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SelectionFeatures:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no feature file at {path}; create one with `groupinf select --save-features`")
-        try:
-            tensors = load_file(str(path), device=str(device))
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-        except (SafetensorError, ValueError, OSError) as error:
-            raise ValueError(f"{path} is not a readable safetensors feature file: {error}") from error
+            raise FileNotFoundError(
+                f"no feature file at {path}; `groupinf select --data ... --out DIR` (without --features) saves the "
+                "features of its pool as DIR/work/<model hash>/<features hash>/features.safetensors"
+            )
+        tensors, meta = read_safetensors(path, "pass a features file saved by `groupinf select`", str(device))
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not a groupinf feature file (format {meta.get('format')!r}, want {FORMAT!r})")
         missing = {"first_order", "left", "right"} - set(tensors)

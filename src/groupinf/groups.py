@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.neighbors import NearestNeighbors
 from torch import Tensor
 
 GroupLike = Sequence[int] | np.ndarray | Tensor
@@ -52,6 +51,14 @@ def group_sums(groups: Sequence[Tensor], values: Tensor) -> Tensor:
     return summed.reshape(len(groups), *values.shape[1:])
 
 
+def check_group_settings(num_groups: int, group_size: int, n: int) -> None:
+    """A ``ValueError`` unless ``num_groups`` groups of ``group_size`` can be drawn from ``n`` examples."""
+    if not 1 <= group_size <= n:
+        raise ValueError(f"group_size must be in [1, {n}], got {group_size}")
+    if not 1 <= num_groups <= n:
+        raise ValueError(f"num_groups must be in [1, {n}] (one distinct anchor each), got {num_groups}")
+
+
 def nearest_neighbour_groups(
     embedding: np.ndarray, num_groups: int, group_size: int, seed: int = 0, distinct: bool = False
 ) -> list[np.ndarray]:
@@ -62,11 +69,10 @@ def nearest_neighbour_groups(
     whose group equals an earlier one as a set is skipped and the next anchor drawn instead.
     Distances are L2 in ``embedding`` ``(n, c)`` (softmax outputs, or predictions for regression).
     """
+    from sklearn.neighbors import NearestNeighbors  # sklearn costs seconds at import; only the experiments group
+
     n = len(embedding)
-    if not 1 <= group_size <= n:
-        raise ValueError(f"group_size must be in [1, {n}], got {group_size}")
-    if not 1 <= num_groups <= n:
-        raise ValueError(f"num_groups must be in [1, {n}] (one distinct anchor each), got {num_groups}")
+    check_group_settings(num_groups, group_size, n)
     index = NearestNeighbors(n_neighbors=min(group_size + 1, n)).fit(embedding)
     groups: list[np.ndarray] = []
     seen: set[frozenset[int]] = set()

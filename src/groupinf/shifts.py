@@ -1,8 +1,9 @@
-"""Per-example parameter shifts ``δ_i = (1/n) (H + ρI)⁻¹ g_i`` streamed into an on-disk store.
+"""Per-example parameter shifts ``δ_i = (1/n) (H + ρI)⁻¹ g_i`` (docs/math.md §2), in memory or streamed to disk.
 
-For models whose ``N × p`` shifts do not fit in memory: the examples are processed shard by shard
-(``shard_size`` rows; gradients in batches of ``batch_size``) and each shard is written to a memory-mapped
-``.npy`` (``store.ArrayStore``). An interrupted run resumes where it stopped and produces the same file.
+``compute_shifts`` solves a batch of gradients in memory. ``stream_shifts`` is for models whose ``N × p``
+shifts do not fit in memory: the examples are processed shard by shard (``shard_size`` rows; gradients in
+batches of ``batch_size``) and each shard is written to a memory-mapped ``.npy`` (``store.ArrayStore``). An
+interrupted run resumes where it stopped and produces the same file.
 """
 
 from __future__ import annotations
@@ -16,12 +17,20 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from groupinf.checks import check_count
 from groupinf.curvature import Curvature
 from groupinf.digests import content_digest
 from groupinf.gradients import per_example_gradients
-from groupinf.influence import compute_shifts
 from groupinf.store import load_store, open_store
-from groupinf.task import Task
+from groupinf.task import Task, check_lengths
+
+
+def compute_shifts(curvature: Curvature, gradients: Tensor, n: int) -> Tensor:
+    """``δ_i = (1/n) (H + ρI)⁻¹ g_i`` for gradients ``(N, p)`` -> ``(N, p)``."""
+    check_count(n, "n (the training-set size)")
+    if not torch.isfinite(gradients).all():
+        raise ValueError("gradients contain NaN or inf; check the model and the data")
+    return curvature.solve(gradients) / n
 
 
 def stream_shifts(
@@ -49,10 +58,8 @@ def stream_shifts(
     and ``meta``; a rerun with the same settings skips the finished shards, with different settings it
     raises unless ``overwrite``. ``on_shard(k)`` is called after shard ``k`` is safely on disk.
     """
-    if n < 1:
-        raise ValueError(f"n (the training-set size) must be >= 1, got {n}")
-    if len(inputs) != len(targets):
-        raise ValueError(f"inputs have {len(inputs)} rows but targets have {len(targets)}")
+    check_count(n, "n (the training-set size)")
+    check_lengths(inputs, targets)
     header = {
         "kind": "shifts",
         "n": int(n),

@@ -1,52 +1,30 @@
 """Target functions ``f(θ)`` (to be MINIMISED), their gradients and their curvature ``H_f``.
 
-A target is evaluated through the task's model at flat parameters ``theta``. ``LossTarget`` is the
-mean training-type loss over a set of examples (a held-out set, or a single test example);
-``CallableTarget`` wraps any user function of the model. Products with ``H_f`` are returned as
-``TargetCurvature`` operators (``curvature_ops``), which the estimators consume.
+A target (the ``Target`` interface of ``task.py``) is evaluated through the task's model at flat parameters
+``theta``. ``LossTarget`` is the mean training-type loss over a set of examples (a held-out set, or a single
+test example); ``CallableTarget`` wraps any user function of the model. ``target_curvature`` returns
+products with ``H_f`` as ``TargetCurvature`` operators (``curvature_ops``), which the estimators consume.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from math import sqrt
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, hessian, jvp, vmap
+from torch.func import functional_call
 
+from groupinf.curvature_ops import OperatorCurvature, TargetCurvature
 from groupinf.gradients import batches, per_example_jacobians
 from groupinf.products import loss_ggn_vp, loss_hvp
-from groupinf.task import Task, check_inputs
+from groupinf.target_blocks import BlockDiagonalCurvature
+from groupinf.task import Target, Task, check_inputs, check_lengths
 
-
-class Target(ABC):
-    """A scalar function of the attributed parameters, to be minimised."""
-
-    @abstractmethod
-    def value(self, task: Task, theta: Tensor) -> Tensor:
-        """``f(θ)``, a scalar tensor."""
-
-    def gradient(self, task: Task, theta: Tensor) -> Tensor:
-        """``∇f(θ)`` ``(p,)``."""
-        g = grad(lambda th: self.value(task, th))(theta)
-        if not torch.isfinite(g).all():
-            raise ValueError("the target gradient contains NaN or inf")
-        return g
-
-    def hvp(self, task: Task, theta: Tensor, V: Tensor) -> Tensor:
-        """Exact ``∇²f(θ) Vᵀ`` for ``V`` ``(k, p)`` -> ``(k, p)``."""
-        g = grad(lambda th: self.value(task, th))
-        return vmap(lambda v: jvp(g, (theta,), (v,))[1])(V)
-
-    def hessian(self, task: Task, theta: Tensor) -> Tensor:
-        """Dense exact ``∇²f(θ)`` ``(p, p)`` (small models only)."""
-        return hessian(lambda th: self.value(task, th))(theta)
-
-    def ggn_vp(self, task: Task, theta: Tensor, V: Tensor) -> Tensor:
-        """Gauss–Newton products; only defined for loss-type targets."""
-        raise ValueError(f"{type(self).__name__} has no Gauss–Newton form; use the exact target Hessian (hvp) instead")
+#: ``H_f`` choices: exact Hessian or Gauss–Newton products, whole or restricted to per-layer blocks.
+TargetKind = Literal["exact", "ggn", "block-exact", "block-ggn"]
+TARGET_KINDS: tuple[str, ...] = get_args(TargetKind)
 
 
 class LossTarget(Target):
@@ -55,8 +33,7 @@ class LossTarget(Target):
     def __init__(self, inputs: Tensor, targets: Tensor, batch_size: int = 1024) -> None:
         if len(inputs) == 0:
             raise ValueError("the target set has no examples")
-        if len(inputs) != len(targets):
-            raise ValueError(f"target inputs have {len(inputs)} rows but targets have {len(targets)}")
+        check_lengths(inputs, targets, what="target inputs")
         self.inputs, self.targets, self.batch_size = inputs, targets, batch_size
 
     @property
@@ -119,3 +96,15 @@ class CallableTarget(Target):
         if out.numel() != 1:
             raise ValueError(f"a target must return a scalar, got shape {tuple(out.shape)}")
         return out.reshape(())
+
+
+def target_curvature(task: Task, theta: Tensor, kind: TargetKind) -> TargetCurvature:
+    """``H_f`` of the task's target as an operator: exact Hessian- or Gauss–Newton-vector products, or
+    ("block-…") their per-layer diagonal blocks (docs/math.md §7)."""
+    if kind == "exact":
+        return OperatorCurvature(lambda V: task.target.hvp(task, theta, V))
+    if kind == "ggn":
+        return OperatorCurvature(lambda V: task.target.ggn_vp(task, theta, V))
+    if kind in ("block-exact", "block-ggn"):
+        return BlockDiagonalCurvature.of_target(task, theta, "exact" if kind == "block-exact" else "ggn")
+    raise ValueError(f"target curvature must be one of {TARGET_KINDS}, got {kind!r}")

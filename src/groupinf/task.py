@@ -1,28 +1,31 @@
 """What the user describes: a model, its per-example training loss, the L2 strength and a target.
 
 The task knows nothing about influence methods (dattri's separation of task from method). All
-functions take the attributed parameters as a flat vector ``theta`` (see ``ParamSpace``).
+functions take the attributed parameters as a flat vector ``theta`` (see ``ParamSpace``). The ``Target``
+interface lives here, beside the ``Task`` its methods take; the concrete targets are in ``target.py``.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, grad, hessian, jvp, vmap
 
+from groupinf.checks import check_type
 from groupinf.losses import Loss
 from groupinf.params import ParamSpace
 
-if TYPE_CHECKING:
-    from groupinf.target import Target
-
 
 def check_inputs(theta: Tensor, *tensors: Tensor, what: str = "inputs") -> None:
-    """Raise ``ValueError`` when a tensor is on another device, has NaN/inf, or a float dtype mismatch."""
+    """Raise ``TypeError`` unless every argument is a tensor, ``ValueError`` when a tensor is on another
+    device, has NaN/inf, or a float dtype mismatch."""
+    for t in (theta, *tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"expected torch tensors for the parameters and {what}, got {type(t).__name__}")
     for t in tensors:
         if t.device != theta.device:
             raise ValueError(f"{what} are on {t.device} but the parameters are on {theta.device}; move them with .to()")
@@ -33,6 +36,40 @@ def check_inputs(theta: Tensor, *tensors: Tensor, what: str = "inputs") -> None:
                 )
             if not torch.isfinite(t).all():
                 raise ValueError(f"{what} contain NaN or inf values; clean the data first")
+
+
+def check_lengths(inputs: Tensor, targets: Tensor, what: str = "inputs") -> None:
+    """Raise ``ValueError`` unless ``inputs`` and ``targets`` have one row per example each."""
+    if len(inputs) != len(targets):
+        raise ValueError(f"{what} have {len(inputs)} rows but targets have {len(targets)}")
+
+
+class Target(ABC):
+    """A scalar function of the attributed parameters, to be minimised."""
+
+    @abstractmethod
+    def value(self, task: Task, theta: Tensor) -> Tensor:
+        """``f(θ)``, a scalar tensor."""
+
+    def gradient(self, task: Task, theta: Tensor) -> Tensor:
+        """``∇f(θ)`` ``(p,)``."""
+        g = grad(lambda th: self.value(task, th))(theta)
+        if not torch.isfinite(g).all():
+            raise ValueError("the target gradient contains NaN or inf")
+        return g
+
+    def hvp(self, task: Task, theta: Tensor, V: Tensor) -> Tensor:
+        """Exact ``∇²f(θ) Vᵀ`` for ``V`` ``(k, p)`` -> ``(k, p)``."""
+        g = grad(lambda th: self.value(task, th))
+        return vmap(lambda v: jvp(g, (theta,), (v,))[1])(V)
+
+    def hessian(self, task: Task, theta: Tensor) -> Tensor:
+        """Dense exact ``∇²f(θ)`` ``(p, p)`` (small models only)."""
+        return hessian(lambda th: self.value(task, th))(theta)
+
+    def ggn_vp(self, task: Task, theta: Tensor, V: Tensor) -> Tensor:
+        """Gauss–Newton products; only defined for loss-type targets."""
+        raise ValueError(f"{type(self).__name__} has no Gauss–Newton form; use the exact target Hessian (hvp) instead")
 
 
 @dataclass
@@ -51,6 +88,7 @@ class Task:
     space: ParamSpace = field(init=False)
 
     def __post_init__(self) -> None:
+        check_type(float, "l2", self.l2)
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
         self.space = ParamSpace.of(self.model, self.param_names)

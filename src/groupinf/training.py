@@ -3,6 +3,7 @@ assume), and seeded minibatch SGD for neural networks (the paper's Table 3 setti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,8 +13,9 @@ from scipy.optimize import minimize
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from groupinf.checks import check_count, check_fields
 from groupinf.losses import Loss
-from groupinf.task import Task, check_inputs
+from groupinf.task import Task, check_inputs, check_lengths
 
 
 class ConvergenceError(RuntimeError):
@@ -37,9 +39,19 @@ def fit_convex(
     positive-definite Hessian of the objective near the solution (e.g. ``∇²R(θ*)`` when retraining from
     ``θ*``), preconditions the search: L-BFGS then runs on ``z = Lᵀ(θ − θ0)`` (``LLᵀ = hessian``), where
     the objective is nearly isotropic, and converges in tens of steps instead of hundreds. Raises
-    ``ConvergenceError`` unless the gradient's max-norm (in ``θ``) ends below ``gtol``.
+    ``ValueError`` for bad arguments before any work, and ``ConvergenceError`` unless the gradient's max-norm
+    (in ``θ``) ends below ``gtol`` (a NaN gradient never does).
     """
     check_inputs(theta0, inputs, what="training inputs")
+    check_count(n, "n (the training-set size)")
+    check_count(max_iter, "max_iter")
+    if isinstance(gtol, bool) or not isinstance(gtol, (int, float)) or not 0 < gtol < math.inf:
+        raise ValueError(f"gtol must be a finite number > 0, got {gtol!r}")
+    check_lengths(inputs, targets)
+    if weights is not None:
+        check_inputs(theta0, weights, what="weights")
+        if weights.shape != (len(inputs),):
+            raise ValueError(f"weights must have shape ({len(inputs)},), one per example, got {tuple(weights.shape)}")
     p = theta0.numel()
     chol = None if hessian is None else cholesky_factor(hessian, p)
 
@@ -66,7 +78,7 @@ def fit_convex(
     )
     theta = to_theta(result.x)
     grad_norm = objective_and_gradient(task, theta, inputs, targets, n, weights)[1].abs().max().item()
-    if grad_norm > 10 * gtol:
+    if not grad_norm <= 10 * gtol:
         raise ConvergenceError(
             f"L-BFGS stopped after {result.nit} iterations with gradient max-norm {grad_norm:.2e} "
             f"(> {10 * gtol:.0e}): {result.message}. Increase max_iter or the L2 strength."
@@ -113,7 +125,8 @@ class SGDConfig:
     cosine: bool = False
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
+        check_fields(self)
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0 or self.momentum < 0:
             raise ValueError(f"invalid SGD settings: {self}")
 
 

@@ -10,14 +10,17 @@ from torch import Tensor
 from torch.func import hessian
 from tqdm.auto import tqdm
 
-from groupinf.curvature.base import Curvature, Damping, resolve_damping
+from groupinf.checks import check_count
+from groupinf.curvature.base import Curvature, Damping, check_damping, resolve_damping
 from groupinf.gradients import batches, per_example_jacobians
-from groupinf.task import Task, check_inputs
+from groupinf.task import Task, check_inputs, check_lengths
 
 
 def exact_hessian(task: Task, theta: Tensor, inputs: Tensor, targets: Tensor, n: int, batch_size: int = 512) -> Tensor:
     """``∇²R(θ) = (1/n) Σ_i ∇²l_i(θ) + λI`` over the given examples: ``(p, p)``."""
     check_inputs(theta, inputs, what="training inputs")
+    check_count(n, "n (the training-set size)")
+    check_lengths(inputs, targets)
     total = torch.zeros(theta.numel(), theta.numel(), dtype=theta.dtype, device=theta.device)
     for sl in tqdm(list(batches(len(inputs), batch_size)), desc="exact Hessian", leave=False):
         total += hessian(lambda th, sl=sl: task.losses(th, inputs[sl], targets[sl]).sum())(theta)
@@ -27,6 +30,7 @@ def exact_hessian(task: Task, theta: Tensor, inputs: Tensor, targets: Tensor, n:
 def gauss_newton(task: Task, theta: Tensor, inputs: Tensor, n: int, batch_size: int = 256) -> Tensor:
     """``G = (1/n) Σ_i Φ_iᵀ Λ_i Φ_i + λI``: ``(p, p)`` (equals the Fisher for NLL losses)."""
     check_inputs(theta, inputs, what="training inputs")
+    check_count(n, "n (the training-set size)")
     total = torch.zeros(theta.numel(), theta.numel(), dtype=theta.dtype, device=theta.device)
     for sl in tqdm(list(batches(len(inputs), batch_size)), desc="Gauss-Newton", leave=False):
         jac = per_example_jacobians(task, theta, inputs[sl])  # (b, C, p)
@@ -43,6 +47,7 @@ class EigenCurvature(Curvature):
     """
 
     def __init__(self, matrix: Tensor, damping: Damping = 0.0) -> None:
+        check_damping(damping)
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ValueError(f"expected a square matrix, got {tuple(matrix.shape)}")
         if not torch.isfinite(matrix).all():
@@ -54,7 +59,7 @@ class EigenCurvature(Curvature):
         largest = shifted.abs().max().item()
         tol = matrix.shape[0] * torch.finfo(torch.float64).eps * max(largest, 1e-300)
         smallest = shifted.min().item()
-        if smallest <= tol:
+        if not smallest > tol:
             kind = "singular" if abs(smallest) <= tol else "not positive definite"
             raise ValueError(
                 f"the damped Hessian is {kind}: its smallest eigenvalue is {smallest:.3g} "

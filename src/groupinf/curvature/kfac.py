@@ -44,11 +44,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from groupinf.curvature.base import Curvature, Damping, resolve_damping
+from groupinf.curvature.base import Curvature, Damping, check_damping, resolve_damping
 from groupinf.curvature.hooks import KroneckerLayer, LayerBatch, backpropagate, find_layers, recording
 from groupinf.gradients import batches
 from groupinf.params import ParamSpace
-from groupinf.task import Task, check_inputs
+from groupinf.task import Task, check_inputs, check_lengths
 
 Fisher = Literal["empirical", "true", "ggn"]
 FISHERS = ("empirical", "true", "ggn")
@@ -62,8 +62,7 @@ K = TypeVar("K", bound="KroneckerCurvature")
 
 def tensor_batches(inputs: Tensor, targets: Tensor, batch_size: int) -> list[tuple[Tensor, Tensor]]:
     """Consecutive ``(inputs, targets)`` batches (views), a re-iterable input for ``fit_factors``."""
-    if len(inputs) != len(targets):
-        raise ValueError(f"inputs have {len(inputs)} rows but targets have {len(targets)}")
+    check_lengths(inputs, targets)
     return [(inputs[sl], targets[sl]) for sl in batches(len(inputs), batch_size)]
 
 
@@ -316,7 +315,7 @@ class KroneckerCurvature(Curvature):
             rho = resolve_damping(damping, values.mean().item() + self.l2)
             shifted = values + self.l2 + rho
             largest = shifted.abs().max().item()
-            if shifted.min().item() <= values.numel() * torch.finfo(torch.float64).eps * max(largest, 1e-300):
+            if not shifted.min().item() > values.numel() * torch.finfo(torch.float64).eps * max(largest, 1e-300):
                 raise ValueError(
                     f"the damped curvature of layer '{layer.name}' is singular (smallest eigenvalue "
                     f"{shifted.min().item():.3g}, damping {rho:.3g}, l2 {self.l2:.3g}); pass a damping > 0 or "
@@ -391,6 +390,7 @@ class KroneckerCurvature(Curvature):
         (``corrected_eigenvalues``, seed ``seed + 1``). ``damping`` is ``ρ`` or "heuristic" (per layer);
         solves run in ``compute_dtype``. Call it on ``KFACCurvature`` or ``EKFACCurvature``.
         """
+        check_damping(damping)
         if cls.passes > 1:
             _check_reiterable(data)
         options = {"samples": samples, "dtype": dtype, "progress": progress}
@@ -445,6 +445,7 @@ class EKFACCurvature(KroneckerCurvature):
         progress: bool = False,
     ) -> EKFACCurvature:
         """A second pass over ``data`` for the corrected eigenvalues (see ``corrected_eigenvalues``)."""
+        check_damping(damping)
         values = corrected_eigenvalues(
             task, theta, data, factors, samples=samples, seed=seed, dtype=dtype, progress=progress
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from sklearn.model_selection import train_test_split
 
@@ -28,24 +30,30 @@ def dataset_from_arrays(
     test_size: float = 0.3,
     X_target: np.ndarray | None = None,
     y_target: np.ndarray | None = None,
+    source: str | Path | None = None,
 ) -> Dataset:
     """Make a ``Dataset`` from X (n, *feature_shape) and y (n,), the kind decided by y's dtype.
 
     Without ``X_test``/``y_test`` a ``test_size`` fraction is held out with seed 0, stratified for
     classification. ``X_target``/``y_target`` (optional) are a target split of the data set's own, kept
     as given. Class labels are remapped to 0..C-1 over every split together: class k is the k-th smallest
-    distinct original label (``np.unique`` order).
+    distinct original label (``np.unique`` order). Errors name ``source`` (the file the arrays came from),
+    else ``name``.
     """
+    where = str(source or name)
     for split, features, labels in (("test", X_test, y_test), ("target", X_target, y_target)):
         if (features is None) != (labels is None):
-            raise ValueError(f"{name}: give both X_{split} and y_{split} or neither")
-    kind = task_kind(y, name)
+            raise ValueError(f"{where}: give both X_{split} and y_{split} or neither")
+    for features, labels, suffix in ((X, y, ""), (X_test, y_test, "_test"), (X_target, y_target, "_target")):
+        if features is not None and len(features) != len(labels):
+            raise ValueError(f"{where}: X{suffix} has {len(features)} rows but y{suffix} has {len(labels)}")
+    kind = task_kind(y, where)
     ys = [labels for labels in (y, y_test, y_target) if labels is not None]
     for labels in ys:
         if labels.ndim != 1:
-            raise ValueError(f"{name}: targets must be one-dimensional, got shape {labels.shape}")
-        if task_kind(labels, name) != kind:
-            raise ValueError(f"{name}: y, y_test and y_target must all be integer or all floating point")
+            raise ValueError(f"{where}: targets must be one-dimensional, got shape {labels.shape}")
+        if task_kind(labels, where) != kind:
+            raise ValueError(f"{where}: y, y_test and y_target must all be integer or all floating point")
     if kind == "classification":
         _, codes = np.unique(np.concatenate(ys), return_inverse=True)
         ys = np.split(codes.astype(np.int64), np.cumsum([len(labels) for labels in ys])[:-1])

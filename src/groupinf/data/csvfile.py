@@ -7,14 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
+from groupinf.files import utf8_lines
+
 
 def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
     """Return the header names and the cells as a string array of shape (rows, columns).
 
-    Blank lines are skipped; a row whose field count differs from the header's raises ``ValueError``.
+    Blank lines are skipped; a row whose field count differs from the header's, or a line that is not UTF-8,
+    raises ``ValueError``.
     """
-    with path.open(newline="") as f:
-        rows = [row for row in csv.reader(f) if row]
+    rows = [row for row in csv.reader(utf8_lines(path)) if row]
     if len(rows) < 2:
         raise ValueError(f"{path}: needs a header row and at least one data row")
     header = [name.strip() for name in rows[0]]

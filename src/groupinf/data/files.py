@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from groupinf.data.dataset import Dataset
 from groupinf.data.errors import find_file
 
 NPZ_REMEDY = "Check the path; the archive needs arrays X and y, optionally X_test, y_test, X_target and y_target."
+NPZ_SAVE = "write one with numpy.savez(path, X=features, y=labels)"
 CSV_REMEDY = "Check the path; the file needs a header row naming its columns."
 
 
@@ -25,8 +27,7 @@ def load_npz(path: str | Path) -> Dataset:
     stratified for classification. X is cast to float32, not rescaled.
     """
     path = find_file([Path(path)], NPZ_REMEDY)
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = dict(archive)
+    arrays = read_npz(path)
     missing = {"X", "y"} - arrays.keys()
     if missing:
         raise ValueError(f"{path}: missing array(s) {sorted(missing)}; it holds {sorted(arrays)}")
@@ -38,7 +39,26 @@ def load_npz(path: str | Path) -> Dataset:
         arrays.get("y_test"),
         X_target=arrays.get("X_target"),
         y_target=arrays.get("y_target"),
+        source=path,
     )
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` archive; a ``ValueError`` naming the file when it is not one, or holds
+    Python objects (which are never unpickled)."""
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise ValueError(f"{path} is not an .npz archive (a zip of .npy arrays); {NPZ_SAVE}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return dict(archive)
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise ValueError(f"{path} holds Python objects rather than numeric arrays; {NPZ_SAVE}") from None
+        raise ValueError(f"{path} is not a readable .npz archive ({error}); {NPZ_SAVE}") from None
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"{path} is a damaged .npz archive ({error}); {NPZ_SAVE}") from None
 
 
 def load_csv(path: str | Path, target: str | None = None) -> Dataset:
@@ -59,7 +79,7 @@ def load_csv(path: str | Path, target: str | None = None) -> Dataset:
     except ValueError:
         y = to_float(labels, path)
     X = to_float(np.delete(cells, column, axis=1), path)
-    return dataset_from_arrays(path.stem, X, y)
+    return dataset_from_arrays(path.stem, X, y, source=path)
 
 
 def _column_index(header: list[str], target: str, path: Path) -> int:

@@ -1,34 +1,13 @@
-"""Pieces the experiments share: tensors from a data set, curvature by name, class entropy, cache keys."""
+"""Pieces the experiments share: tensors from a data set, class entropy."""
 
 from __future__ import annotations
-
-import hashlib
-import json
 
 import numpy as np
 import torch
 from scipy.stats import entropy
 from torch import Tensor
 
-from groupinf.curvature import (
-    Curvature,
-    Damping,
-    EigenCurvature,
-    EKFACCurvature,
-    KFACCurvature,
-    exact_hessian,
-    gauss_newton,
-    tensor_batches,
-)
 from groupinf.data import Dataset
-from groupinf.task import Task
-
-CURVATURES = ("exact", "ggn", "kfac", "ekfac")
-
-
-def digest(obj: object) -> str:
-    """A short SHA-256 of ``obj``'s JSON (keys sorted, other types by ``str``): the key of a cached result."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def as_tensors(data: Dataset, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
@@ -40,27 +19,6 @@ def as_tensors(data: Dataset, dtype: torch.dtype = torch.float32) -> dict[str, T
         "X_test": torch.as_tensor(data.X_test, dtype=dtype),
         "y_test": torch.as_tensor(data.y_test, dtype=label_dtype),
     }
-
-
-def fit_curvature(
-    kind: str, task: Task, theta: Tensor, inputs: Tensor, targets: Tensor, n: int, damping: Damping
-) -> Curvature:
-    """The training curvature named ``kind`` fitted at ``theta`` on ``(inputs, targets)``.
-
-    ``exact``: the Hessian of ``R``; ``ggn``: the dense Gauss–Newton matrix; ``kfac``/``ekfac``: their
-    Kronecker-factored approximations of the Gauss–Newton matrix (exact output-Hessian expectation).
-    """
-    if kind == "exact":
-        return EigenCurvature(exact_hessian(task, theta, inputs, targets, n), damping)
-    if kind == "ggn":
-        return EigenCurvature(gauss_newton(task, theta, inputs, n), damping)
-    if kind in ("kfac", "ekfac"):
-        if n != len(inputs):
-            raise ValueError("K-FAC/EK-FAC average over the given examples: pass all n training examples")
-        batches = tensor_batches(inputs, targets, 256)
-        cls = KFACCurvature if kind == "kfac" else EKFACCurvature
-        return cls.fit(task, theta, batches, damping=damping, fisher="ggn")
-    raise ValueError(f"curvature must be one of {CURVATURES}, got {kind!r}")
 
 
 def class_entropy(labels: np.ndarray, num_classes: int) -> float:

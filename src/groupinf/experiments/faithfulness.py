@@ -25,19 +25,21 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from groupinf.baselines import tracin_scores, trak_scores
-from groupinf.curvature import Damping
+from groupinf.checks import check_count, check_fields
+from groupinf.curvature import Damping, check_damping, fit_curvature
 from groupinf.curvature.dense import exact_hessian
 from groupinf.data import Dataset, load_dataset
 from groupinf.data.transforms import standardize
+from groupinf.digests import settings_digest
 from groupinf.experiments.class_pairs import class_pair_interactions
-from groupinf.experiments.common import as_tensors, digest, fit_curvature
+from groupinf.experiments.common import as_tensors
 from groupinf.experiments.figures import class_pair_figure, image_view
 from groupinf.experiments.jobs import run_jobs
 from groupinf.files import atomic_path, atomic_write_json
-from groupinf.groups import group_sums, nearest_neighbour_groups, validate_groups
-from groupinf.influence import TARGET_KINDS, GroupInfluence, TargetKind
+from groupinf.groups import check_group_settings, group_sums, nearest_neighbour_groups, validate_groups
+from groupinf.influence import GroupInfluence
 from groupinf.models import linear_model, loss_for, mlp, resnet9, weight_parameters
-from groupinf.target import mean_loss
+from groupinf.target import TARGET_KINDS, TargetKind, mean_loss
 from groupinf.task import Task
 from groupinf.training import SGDConfig, fit_convex, is_positive_definite, train_sgd
 
@@ -78,6 +80,13 @@ class FaithfulnessConfig:
     class_pairs: bool = False
 
     def __post_init__(self) -> None:
+        check_damping(self.damping)
+        for value in self.damping_sweep:
+            check_damping(value)
+        check_fields(self)
+        for name in ("max_train", "max_test", "group_size", "width", "trak_dim"):
+            if getattr(self, name) is not None:
+                check_count(getattr(self, name), name)
         if self.model not in ("lr", "mlp", "resnet9"):
             raise ValueError(f"model must be 'lr', 'mlp' or 'resnet9', got {self.model!r}")
         if self.target_curvature is not None and self.target_curvature not in TARGET_KINDS:
@@ -111,7 +120,7 @@ class FaithfulnessConfig:
         keys = ("data", "data_dir", "model", "hidden", "width", "groups", "group_size", "seed", "distinct_groups", "l2")
         keys += ("sgd", "seeds", "max_train", "max_test")
         settings = {k: getattr(self, k) for k in keys} | {"data_fingerprint": data_fingerprint}
-        return digest(settings)
+        return settings_digest(settings)
 
 
 def subsample(data: Dataset, max_train: int | None, max_test: int | None, seed: int = 0) -> Dataset:
@@ -157,7 +166,7 @@ def retrain_convex_job(shared: dict, job: list[int]) -> dict:
 
 def group_key(m: int, group: np.ndarray) -> str:
     """``g<m>_<hash of the indices>``: a cached result can only be reused for the very same group."""
-    return f"g{m:04d}_{digest(group.tolist())[:12]}"
+    return f"g{m:04d}_{settings_digest(group.tolist())[:12]}"
 
 
 def retraining_truth(
@@ -334,6 +343,9 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
 
     start = time.perf_counter()
     group_size = config.group_size or max(2, round(0.05 * n))
+    check_group_settings(config.groups, group_size, n)
+    if config.class_pairs and data.kind != "classification":
+        raise ValueError(f"the class-pair analysis needs a classification data set; {config.data} is {data.kind}")
     if config.model == "lr":
         task, _ = build_task(data, config.l2)
         theta = fit_convex(task, task.theta(), X, y, n)
@@ -434,8 +446,6 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
             sweep[str(value)] = {method: stats["mean"] for method, stats in swept_summary.items()}
         results["damping_sweep"] = sweep
     if config.class_pairs:
-        if data.kind != "classification":
-            raise ValueError("the class-pair analysis needs a classification data set")
         pairs = class_pair_interactions(influence.shifts, influence.hf, y, data.num_classes)
         results["class_pairs"] = {"average": pairs.average.tolist(), "lowest": pairs.lowest, "highest": pairs.highest}
         class_pair_figure(

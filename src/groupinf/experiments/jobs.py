@@ -1,15 +1,17 @@
 """Resumable, optionally parallel execution of many independent jobs (retrainings).
 
 Each finished job's JSON result is written to ``cache_dir/<key>.json`` (write, then rename) as soon
-as it finishes, so an interrupted run loses at most the jobs in flight and a rerun skips the rest.
+as it finishes, so an interrupted run loses at most the jobs in flight and a rerun skips the rest. Worker
+processes ignore Ctrl-C: the main process handles it, and stops them at once.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import signal
+import sys
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,19 @@ def _init_worker(shared: Any, threads: int) -> None:
     global _shared
     _shared = shared
     torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit)
 
 
-def _call(fn: JobFn, job: Any) -> Any:
-    return fn(_shared, job)
+def _exit(signum: int, frame: object) -> None:
+    """Stop a worker the pool terminates by an exception, so that its clean-up runs (it releases the
+    semaphores it made, e.g. for tqdm, which would otherwise be reported as leaked)."""
+    sys.exit(0)
+
+
+def _call(item: tuple[JobFn, str, Any]) -> tuple[str, Any]:
+    fn, key, job = item
+    return key, fn(_shared, job)
 
 
 def run_jobs(
@@ -70,9 +81,8 @@ def run_jobs(
     else:
         threads = max(1, torch.get_num_threads() // workers)
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, context, _init_worker, (shared, threads)) as pool:
-            futures = {pool.submit(_call, fn, job): key for key, job in pending.items()}
-            for future in as_completed(futures):
-                finish(futures[future], future.result())
+        with context.Pool(workers, _init_worker, (shared, threads)) as pool:  # leaving it terminates the workers
+            for key, result in pool.imap_unordered(_call, [(fn, key, job) for key, job in pending.items()]):
+                finish(key, result)
     progress.close()
     return {key: results[key] for key in jobs}

@@ -28,22 +28,23 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from groupinf.curvature import Curvature, Damping
+from groupinf.checks import check_fields
+from groupinf.curvature import Curvature, Damping, check_damping, fit_curvature
 from groupinf.data import load_dataset
 from groupinf.data.transforms import standardize
-from groupinf.experiments.common import class_entropy, digest, fit_curvature
+from groupinf.digests import settings_digest
+from groupinf.experiments.common import class_entropy
 from groupinf.experiments.figures import figure, save
 from groupinf.experiments.jobs import run_jobs
 from groupinf.experiments.pools import PoolRegime, SelectionProblem, build_problem
 from groupinf.features import SelectionFeatures, candidate_shifts, compute_features
-from groupinf.files import atomic_path, atomic_write_bytes, atomic_write_json
+from groupinf.files import atomic_path, atomic_write_bytes, atomic_write_json, read_safetensors
 from groupinf.gradients import per_example_gradients
-from groupinf.influence import TARGET_KINDS, target_curvature
 from groupinf.losses import CrossEntropy
 from groupinf.methods import METHODS, PoolInputs, run_method
 from groupinf.models import mlp
 from groupinf.selection import InteractionFactors, InteractionScale, check_interaction_scale, greedy_select
-from groupinf.target import mean_loss
+from groupinf.target import TARGET_KINDS, mean_loss, target_curvature
 from groupinf.task import Task
 from groupinf.training import SGDConfig, train_sgd
 
@@ -86,6 +87,13 @@ class SelectionEvalConfig:
     scale_sweep: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        # the checks of the damping and of α first, for their specific messages; then every field's type
+        check_damping(self.damping)
+        if self.interaction_scale != "auto":
+            check_interaction_scale(self.interaction_scale)
+        for alpha in (*self.scale_grid, *self.scale_sweep):
+            check_interaction_scale(alpha)
+        check_fields(self)
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
@@ -99,12 +107,8 @@ class SelectionEvalConfig:
             raise ValueError("seeds, scale seeds and workers must be >= 1")
         if self.scale_folds < 2:
             raise ValueError(f"choosing α needs at least 2 folds of the target set, got {self.scale_folds}")
-        if self.interaction_scale != "auto":
-            check_interaction_scale(self.interaction_scale)
         if not self.scale_grid:
             raise ValueError("the interaction-scale grid is empty")
-        for alpha in (*self.scale_grid, *self.scale_sweep):
-            check_interaction_scale(alpha)
 
     def check_budgets(self, pool_size: int) -> None:
         if not self.budgets or min(self.budgets) < 1 or max(self.budgets) > pool_size:
@@ -115,11 +119,13 @@ class SelectionEvalConfig:
         retraining."""
         keys = ("data", "data_dir", "pool_size", "default_pool_size", "target_size", "hidden", "dropout", "sgd")
         settings = {k: getattr(self, k) for k in keys} | {"regime": asdict(self.regime)}
-        return digest(settings | {"data_fingerprint": data_fingerprint})
+        return settings_digest(settings | {"data_fingerprint": data_fingerprint})
 
     def features_fingerprint(self) -> str:
         """A short hash of the settings that determine the features given θ*."""
-        return digest({"curvature": self.curvature, "damping": self.damping, "target_curvature": self.target_curvature})
+        return settings_digest(
+            {"curvature": self.curvature, "damping": self.damping, "target_curvature": self.target_curvature}
+        )
 
     def method_names(self) -> list[str]:
         """The rows of the report: the methods, then F+I at every ``scale_sweep`` value."""
@@ -205,10 +211,9 @@ def reference_model(config: SelectionEvalConfig, problem: SelectionProblem, root
     model = mlp(problem.X_pool.shape[1], problem.num_classes, config.hidden, config.dropout)
     path = root / "theta_star.safetensors"
     if checkpoint is not None:
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+        state, _ = read_safetensors(checkpoint, "--checkpoint takes θ* as a safetensors state dict of the MLP")
         try:
-            model.load_state_dict(load_file(str(checkpoint)))
+            model.load_state_dict(state)
         except RuntimeError as error:
             raise ValueError(f"{checkpoint} does not fit an MLP with hidden sizes {config.hidden}: {error}") from None
     elif path.exists():
@@ -314,7 +319,7 @@ class PoolAnalysis:
 def subset_job(indices: np.ndarray | list[int], seed: int) -> tuple[str, dict]:
     """A retraining job and its key (the subset's content and the seed), so identical subsets train once."""
     chosen = sorted(int(i) for i in indices)
-    return f"{digest(chosen)}_s{seed}", {"indices": chosen, "seed": seed}
+    return f"{settings_digest(chosen)}_s{seed}", {"indices": chosen, "seed": seed}
 
 
 def choose_interaction_scale(

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from groupinf.checks import check_device, option
 from groupinf.llm.config import ExtractConfig, SelectConfig, WarmupConfig, add_options, load_config
 
 MODEL_HELP = "a local Hugging Face model directory, or any name AutoModelForCausalLM can load on this machine"
@@ -38,7 +39,9 @@ def add_llm(commands: argparse._SubParsersAction) -> None:
     warm.add_argument("--data", type=Path, required=True, help="the pool, a JSONL file")
     warm.add_argument("--out", type=Path, required=True, help="output directory (adapter/, optimizer.pt, warmup.json)")
     warm.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
-    warm.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    warm.add_argument(
+        "--device", type=option(check_device), default=None, help="torch device (default: cuda if available, else cpu)"
+    )
     add_options(warm, WarmupConfig)
 
     ext = steps.add_parser(
@@ -53,7 +56,12 @@ def add_llm(commands: argparse._SubParsersAction) -> None:
     ext.add_argument("--data", type=Path, required=True, help="a JSONL file: the pool or a target set")
     ext.add_argument("--out", type=Path, required=True, help="store directory")
     ext.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
-    ext.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    ext.add_argument(
+        "--device",
+        type=option(check_device),
+        default=None,
+        help="torch device (default: cuda:LOCAL_RANK if available, else cpu)",
+    )
     add_options(ext, ExtractConfig)
 
     sel = steps.add_parser("select", help="curvature, shifts and greedy F+I / top-k F / random per target")
@@ -64,17 +72,26 @@ def add_llm(commands: argparse._SubParsersAction) -> None:
     sel.add_argument("--n", type=int, default=None, help="examples θ* was trained on (default: from warmup.json)")
     sel.add_argument("--out", type=Path, required=True, help="output directory")
     sel.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
-    sel.add_argument("--device", default="cpu", help="torch device for the curvature and the selection")
+    sel.add_argument(
+        "--device", type=option(check_device), default="cpu", help="torch device for the curvature and the selection"
+    )
     add_options(sel, SelectConfig)
 
     exp = steps.add_parser(
         "experiment",
         help="warmup, features, every selection method, fine-tuning and evaluation (resumable stage by stage)",
         description="Runs the whole §5.2 experiment from one config file (see configs/llm-toy.json) and writes "
-        "OUT/results.json, OUT/results.md and OUT/results.png; rerunning skips finished stages.",
+        "OUT/results.json, OUT/results.md and OUT/results.png; rerunning skips the finished stages whose settings "
+        "did not change (recorded in OUT/stages/).",
     )
     exp.add_argument("--config", type=Path, required=True, help="experiment config (JSON)")
     exp.add_argument("--out", type=Path, required=True, help="output directory")
+    exp.add_argument(
+        "--recompute",
+        action="store_true",
+        help="recompute the stages of OUT whose settings or inputs changed and keep the others (without it, such a "
+        "rerun stops and names the settings that differ)",
+    )
 
 
 def run_llm(args: argparse.Namespace) -> None:
@@ -97,7 +114,7 @@ def run_llm(args: argparse.Namespace) -> None:
     elif args.llm_command == "experiment":
         from groupinf.llm.experiment import markdown, run_experiment
 
-        document = run_experiment(args.config, args.out)
+        document = run_experiment(args.config, args.out, args.recompute)
         print(markdown(document["results"]))
         print(f"wrote {args.out / 'results.json'}, results.md and results.png")
     else:

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from groupinf.checks import check_fields, check_type
+from groupinf.curvature.base import Damping, check_damping, parse_damping
 
 TEMPLATES = ("auto", "tulu", "tokenizer")
 PRECISIONS = ("auto", "bf16", "fp32", "fp64")
@@ -62,6 +66,7 @@ class WarmupConfig:
     seed: int = _help("seed of the warmup subset, LoRA initialisation and shuffling", 0)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         for name in ("lora_rank", "lora_alpha", "learning_rate", "epochs", "batch_size", "micro_batch_size"):
@@ -102,6 +107,12 @@ class ExtractConfig:
     precision: str = _help("model precision: auto, bf16, fp32, fp64", "auto")
 
     def __post_init__(self) -> None:
+        check_fields(self)
+        if self.layers is not None:
+            try:
+                re.compile(self.layers)
+            except re.error as error:
+                raise ValueError(f"layers must be a regular expression, got {self.layers!r} ({error})") from None
         for name in ("r_in", "r_out", "batch_size", "batch_tokens", "shard_size", "max_length"):
             _positive(name, getattr(self, name))
         _choose("projection", self.projection, PROJECTIONS)
@@ -116,7 +127,9 @@ class SelectConfig:
     """Curvature, shifts and selection (Algorithm 1 in the projected space, one run per target)."""
 
     curvature: str = _help("ekfac, kfac (per projected layer) or dense (the d×d projected Fisher)", "ekfac")
-    damping: float | str = _help("damping ρ: a number >= 0 or 'heuristic' (0.1 × mean eigenvalue)", "heuristic")
+    damping: float | Literal["heuristic"] = _help(
+        "damping ρ: a number >= 0 or 'heuristic' (0.1 × mean eigenvalue)", "heuristic"
+    )
     l2: float = _help("L2 strength λ of the training objective (H = G + λI)", 0.0)
     k: int | None = _help("examples to select per target (default: fraction × pool size)", None)
     fraction: float = _help("examples to select as a fraction of the pool, when k is not given", 0.05)
@@ -125,11 +138,9 @@ class SelectConfig:
     seed: int = _help("seed of random selection", 0)
 
     def __post_init__(self) -> None:
+        check_damping(self.damping)
+        check_fields(self)
         _choose("curvature", self.curvature, CURVATURES)
-        if isinstance(self.damping, str) and self.damping != "heuristic":
-            raise ValueError(f"damping must be a number >= 0 or 'heuristic', got {self.damping!r}")
-        if not isinstance(self.damping, str) and self.damping < 0:
-            raise ValueError(f"damping must be >= 0, got {self.damping}")
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
         _positive("k", self.k)
@@ -160,7 +171,7 @@ def _converter(hint: Any) -> typing.Callable[[str], Any]:
         return _parse_bool
     if typing.get_origin(hint) is tuple:
         return lambda text: tuple(v.strip() for v in text.split(",") if v.strip())
-    if set(args) == {float, str}:
+    if hint == Damping:
         return _parse_damping
     base = args[0] if args else hint
     return base
@@ -174,10 +185,11 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _parse_damping(text: str) -> float | str:
-    from groupinf.cli import parse_damping
-
-    return parse_damping(text)
+def _parse_damping(text: str) -> Damping:
+    try:
+        return parse_damping(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type[Config]) -> None:
@@ -196,12 +208,39 @@ def add_options(parser: argparse.ArgumentParser, cls: type[Config]) -> None:
         )
 
 
-def _from_json(cls: type[Config], values: dict[str, Any], source: str) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
+def _from_json(cls: type, values: Any, source: str) -> dict[str, Any]:
+    """The settings of a config-file section for the dataclass ``cls``, each checked against its field's type
+    (lists become tuples); a ``ValueError`` naming ``source`` and the key for an unknown or mistyped one."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{source} must be an object of settings, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
     if unknown:
-        raise ValueError(f"{source}: unknown settings {unknown}; known: {sorted(names)}")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        raise ValueError(f"{source}: unknown settings {unknown}; known: {sorted(hints)}")
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    for name, value in settings.items():
+        try:
+            check_type(hints[name], name, value)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+    return settings
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file's sections (checked to be known), or a ``ValueError``/``FileNotFoundError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file at {path}; see configs/ for examples")
+    try:
+        document = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(document, dict):
+        raise ValueError(f"{path} must hold a JSON object with sections {sorted(SECTIONS)}")
+    unknown = sorted(set(document) - set(SECTIONS) - set(EXPERIMENT_SECTIONS) - {"comment"})
+    if unknown:
+        raise ValueError(f"{path}: unknown sections {unknown}; known: {sorted(SECTIONS)}")
+    return document
 
 
 def load_config(section: str, path: str | Path | None, args: argparse.Namespace | None = None) -> Config:
@@ -209,16 +248,7 @@ def load_config(section: str, path: str | Path | None, args: argparse.Namespace 
     cls = SECTIONS[section]
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no config file at {path}; see configs/ for examples")
-        try:
-            document = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from error
-        unknown = sorted(set(document) - set(SECTIONS) - set(EXPERIMENT_SECTIONS) - {"comment"})
-        if unknown:
-            raise ValueError(f"{path}: unknown sections {unknown}; known: {sorted(SECTIONS)}")
+        document = read_config_file(path)
         values.update(_from_json(cls, document.get(section, {}), f"{path} [{section}]"))
     if args is not None:
         values.update({f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None})

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from groupinf.curvature import Curvature, Damping, EigenCurvature, resolve_damping
+from groupinf.curvature import Curvature, Damping, EigenCurvature, check_damping, resolve_damping
 from groupinf.llm.projection import LayerSpec
 from groupinf.llm.store import GradientStore
 
@@ -113,7 +113,7 @@ class KroneckerCurvature(Curvature):
                 raise ValueError(f"eigenvalues of {layer.name} must be {(layer.r_out, layer.r_in)}, got {values.shape}")
             rho = resolve_damping(damping, values.mean().item() + self.l2)
             shifted = values + self.l2 + rho
-            if shifted.min().item() <= values.numel() * torch.finfo(torch.float64).eps * shifted.abs().max().item():
+            if not shifted.min().item() > values.numel() * torch.finfo(torch.float64).eps * shifted.abs().max().item():
                 raise ValueError(
                     f"the damped curvature of layer {layer.name} is singular (smallest eigenvalue "
                     f"{shifted.min().item():.3g}, damping {rho:.3g}); pass a damping > 0 or 'heuristic'"
@@ -193,6 +193,7 @@ def fit_curvature(
     store: GradientStore, kind: str, damping: Damping, l2: float = 0.0, device: str | torch.device = "cpu"
 ) -> Curvature:
     """The damped projected curvature of ``kind`` (dense | kfac | ekfac) from the pool store."""
+    check_damping(damping)
     if kind == "dense":
         fisher = projected_fisher(store, device)
         return EigenCurvature(fisher + l2 * torch.eye(len(fisher), dtype=fisher.dtype, device=fisher.device), damping)

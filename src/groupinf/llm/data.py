@@ -22,13 +22,16 @@ a response's characters. Truncation keeps the first ``max_length`` tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from groupinf.files import utf8_lines
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -50,23 +53,38 @@ class Encoded:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def _is_blank(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 16):
-            if chunk.strip():
-                return False
-    return True
+class RecordError(ValueError):
+    """A record in no known format; ``index`` is its position in its data set."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"example {index}: {reason}")
+        self.index, self.reason = index, reason
+
+
+def record_lines(path: str | Path) -> list[int]:
+    """The line number (from 1) of each record of a JSONL file: its non-blank lines, which must be UTF-8."""
+    return [number for number, line in enumerate(utf8_lines(path), start=1) if line.strip()]
+
+
+@contextmanager
+def naming_lines(path: str | Path) -> Iterator[None]:
+    """Report a ``RecordError`` raised in the block as a ``ValueError`` naming ``path`` and the record's line."""
+    try:
+        yield
+    except RecordError as error:
+        raise ValueError(f"{path}, line {record_lines(path)[error.index]}: {error.reason}") from None
 
 
 def load_records(path: str | Path):
-    """The JSONL file as a Hugging Face ``datasets.Dataset`` (checked to be non-empty and of a known format)."""
+    """The JSONL file as a Hugging Face ``datasets.Dataset`` (checked to be UTF-8, non-empty and of a known
+    format)."""
     from datasets import load_dataset
     from datasets.exceptions import DatasetGenerationError
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no data file at {path}; pass a JSONL file with one example per line ({FORMAT_HINT})")
-    if _is_blank(path):
+    if not record_lines(path):
         raise ValueError(f"{path} holds no examples: the data set is empty")
     try:
         records = load_dataset("json", data_files=str(path), split="train")
@@ -79,22 +97,23 @@ def load_records(path: str | Path):
 
 
 def to_messages(record: dict[str, Any], index: int) -> list[dict[str, str]]:
-    """The record as a list of ``{"role", "content"}`` turns with at least one assistant turn."""
+    """The record as a list of ``{"role", "content"}`` turns with at least one assistant turn; a
+    ``RecordError`` for record number ``index`` otherwise."""
     messages = record.get("messages")
     if messages is None:
         prompt, completion = record.get("prompt"), record.get("completion")
         if not isinstance(prompt, str) or not isinstance(completion, str):
-            raise ValueError(f"example {index}: unknown format, fields {sorted(record)}; {FORMAT_HINT}")
+            raise RecordError(index, f"unknown format, fields {sorted(record)}; {FORMAT_HINT}")
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
     if not isinstance(messages, list) or not messages:
-        raise ValueError(f"example {index}: 'messages' must be a non-empty list of turns")
+        raise RecordError(index, "'messages' must be a non-empty list of turns")
     turns = []
     for turn in messages:
         if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
-            raise ValueError(f"example {index}: each turn needs a role in {ROLES} and a string content, got {turn!r}")
+            raise RecordError(index, f"each turn needs a role in {ROLES} and a string content, got {turn!r}")
         turns.append({"role": turn["role"], "content": turn["content"]})
     if not any(t["role"] == "assistant" for t in turns):
-        raise ValueError(f"example {index} has no assistant turn, so no response tokens to compute a loss on")
+        raise RecordError(index, "no assistant turn, so no response tokens to compute a loss on")
     return turns
 
 
@@ -146,9 +165,14 @@ def render_native(messages: Sequence[dict[str, str]], tokenizer) -> tuple[str, l
 
 
 def encode(
-    records: Sequence[dict[str, Any]], tokenizer, template: str, max_length: int, first_index: int = 0
+    records: Sequence[dict[str, Any]],
+    tokenizer,
+    template: str,
+    max_length: int,
+    indices: Sequence[int] | None = None,
 ) -> list[Encoded]:
-    """Tokenise records (``first_index`` numbers them in error messages) with response-only labels."""
+    """Tokenise records with response-only labels; ``indices`` are their positions in their data set (default
+    0, 1, …), which a ``RecordError`` reports."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("locating response tokens needs a fast tokenizer (character offsets)")
     if max_length < 1:
@@ -158,7 +182,7 @@ def encode(
         raise ValueError("the Tulu template ends responses with the EOS token, but the tokenizer has none")
     texts, all_spans = [], []
     for i, record in enumerate(records):
-        messages = to_messages(record, first_index + i)
+        messages = to_messages(record, i if indices is None else indices[i])
         if kind == "tulu":
             text, spans = render_tulu(messages, tokenizer.eos_token)
         else:

@@ -12,13 +12,15 @@ Config file: the ``warmup``, ``extract`` and ``select`` sections of ``config.py`
 - ``toy`` (optional): ``toy.ToyConfig`` fields; the world is then generated under ``OUT/world`` and
   ``model``, ``pool`` and ``targets`` come from it.
 
-Stages, each skipped when its output exists (every output is written to a temporary name and renamed):
-``world/world.json``, ``warmup/warmup.json``, ``stores/<pool|target>`` (resumable by ``extract``),
-``select/run.json`` (F+I and Additive IF), ``baselines/<method>.json``, ``selections.json``,
-``finetune/<method>/<target>/seed<s>/warmup.json``, ``eval/<method>/<target>/seed<s>.json``, then
-``results.json``, ``results.md`` and ``results.png``. Each target is fine-tuned on its own selection and
-evaluated on its own task. Random selection uses the select seed (one subset per target); the seeds vary
-the fine-tuning (LoRA initialisation and order).
+Stages (``groupinf.stages``; every output is written to a temporary name and renamed): ``world/``,
+``warmup/``, ``stores/<pool|target>`` (resumable by ``extract``), ``select/`` (F+I and Additive IF),
+``baselines/<method>.json``, ``selections.json``, ``finetune/<method>/<target>/seed<s>/``,
+``eval/<method>/<target>/seed<s>.json``, then ``results.json``, ``results.md`` and ``results.png``. Each
+stage is keyed by the settings and input digests it depends on (``plan_stages``, recorded under
+``stages/``): a rerun skips the finished stages whose settings are unchanged, and stops naming the settings
+that changed unless ``recompute`` is set, which recomputes exactly the changed stages. Each target is
+fine-tuned on its own selection and evaluated on its own task. Random selection uses the select seed (one
+subset per target); the seeds vary the fine-tuning (LoRA initialisation and order).
 """
 
 from __future__ import annotations
@@ -26,24 +28,28 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from scipy.stats import entropy
 
+from groupinf.checks import check_count, check_fields
 from groupinf.coresets import mean_similarity
+from groupinf.digests import file_digest
 from groupinf.files import atomic_path, atomic_write_json
 from groupinf.llm.config import (
-    EXPERIMENT_SECTIONS,
     SECTIONS,
     ExtractConfig,
     SelectConfig,
     WarmupConfig,
     _from_json,
     as_dict,
+    read_config_file,
 )
+from groupinf.selection import check_budget
+from groupinf.stages import Stage, Stages
 
 METHODS = {
     "F+I": "greedy",
@@ -71,8 +77,10 @@ class ExperimentConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        check_fields(self)
+        for name in ("threads", "less_dim", "max_new_tokens"):
+            if getattr(self, name) is not None:
+                check_count(getattr(self, name), name)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}, got {list(self.methods)}")
@@ -98,20 +106,27 @@ class Plan:
 
 def load_plan(path: str | Path) -> Plan:
     """Parse an experiment config file (see the module docstring)."""
+    from groupinf.llm.toy import ToyConfig
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no config file at {path}; see configs/llm-toy.json")
-    document = json.loads(path.read_text())
-    unknown = sorted(set(document) - set(SECTIONS) - set(EXPERIMENT_SECTIONS) - {"comment"})
-    if unknown:
-        raise ValueError(f"{path}: unknown sections {unknown}")
-    sections = {
-        name: cls(**_from_json(cls, document.get(name, {}), f"{path} [{name}]")) for name, cls in SECTIONS.items()
-    }
-    experiment = ExperimentConfig(
-        **_from_json(ExperimentConfig, document.get("experiment", {}), f"{path} [experiment]")
-    )
-    if "toy" not in document and (experiment.model is None or experiment.pool is None or not experiment.targets):
+    document = read_config_file(path)
+
+    def section(name: str, cls: type) -> Any:
+        values = _from_json(cls, document.get(name, {}), f"{path} [{name}]")
+        try:
+            return cls(**values)
+        except ValueError as error:
+            raise ValueError(f"{path} [{name}]: {error}") from None
+
+    sections = {name: section(name, cls) for name, cls in SECTIONS.items()}
+    experiment = section("experiment", ExperimentConfig)
+    try:
+        replace(sections["warmup"], **experiment.finetune)
+    except ValueError as error:
+        raise ValueError(f"{path} [experiment] finetune: {error}") from None
+    if "toy" in document:
+        section("toy", ToyConfig)
+    elif experiment.model is None or experiment.pool is None or not experiment.targets:
         raise ValueError(f"{path}: [experiment] needs model, pool and targets (or give a [toy] section)")
     return Plan(
         experiment, sections["warmup"], sections["extract"], sections["select"], document.get("toy"), path.parent
@@ -122,15 +137,20 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def resolve_world(plan: Plan, out: Path) -> tuple[str, Path, dict[str, dict[str, Any]]]:
-    """``(model, pool, targets)`` with absolute paths; builds the toy world first when configured."""
+def resolve_world(plan: Plan, out: Path, stages: Stages | None = None) -> tuple[str, Path, dict[str, dict[str, Any]]]:
+    """``(model, pool, targets)`` with absolute paths; builds the toy world first when configured (the stage
+    ``world``, keyed by the toy settings)."""
     if plan.toy is not None:
         from groupinf.llm.toy import ToyConfig, build_world
 
         world = out / "world"
-        if not (world / "world.json").is_file():
+
+        def build() -> None:
             _log("building the toy world (data, tokenizer, pre-trained tiny Llama)")
             build_world(world, ToyConfig(**plan.toy))
+
+        stage = Stage("world", {"toy": toy_settings(plan)}, (world,), world / "world.json")
+        (stages or Stages(out)).run(stage, build)
         record = json.loads((world / "world.json").read_text())
         base, model, pool, targets = world, record["model"], record["pool"], record["targets"]
     else:
@@ -140,6 +160,9 @@ def resolve_world(plan: Plan, out: Path) -> tuple[str, Path, dict[str, dict[str,
     for name, spec in targets.items():
         if spec.get("type") not in ("mc", "math", "qa"):
             raise ValueError(f"target {name!r}: unknown task type {spec.get('type')!r}; use mc, math or qa")
+        missing = sorted({"dev", "eval"} - set(spec))
+        if missing:
+            raise ValueError(f"target {name!r} needs {missing}: JSONL files of its dev set and its eval task")
         resolved[name] = {**spec, "dev": base / spec["dev"], "eval": base / spec["eval"]}
     if not resolved:
         raise ValueError("no target tasks configured")
@@ -206,47 +229,131 @@ def baseline_selection(
     return {name: topk_select(value.float(), k).indices.tolist() for name, value in scores.items()}
 
 
-def selections(plan: Plan, model: str, pool: Path, targets: dict[str, dict[str, Any]], out: Path) -> dict[str, Any]:
-    """``{method: {target: indices}}`` for every configured method (stages warmup … baselines)."""
+def plan_stages(
+    plan: Plan, out: Path, model: str, pool: Path, targets: dict[str, dict[str, Any]], k: int
+) -> dict[str, Stage]:
+    """Every stage after the world, by name, with the settings and input digests its result depends on."""
+    exp, extract = plan.experiment, as_dict(plan.extract)
+    data: dict[str, Any] = {"pool": file_digest(pool)}
+    data |= {"toy": toy_settings(plan)} if plan.toy is not None else {"model": exp.model}
+    warm = data | {"warmup": as_dict(plan.warmup)}
+    dev = {name: file_digest(spec["dev"]) for name, spec in targets.items()}
+    wanted = [METHODS[label] for label in exp.methods]
+    influence = tuple(m for m in ("greedy", "topk", "random") if m in wanted)
+    stages = {"warmup": Stage("warmup", warm, (out / "warmup",), out / "warmup" / "warmup.json")}
+    select = warm | {"extract": extract, "dev": dev, "select": as_dict(replace(plan.select, methods=influence))}
+    if influence:
+        for name in ("pool", *targets):
+            settings = warm | {"extract": extract} | ({"dev": {name: dev[name]}} if name != "pool" else {})
+            stages[f"stores/{name}"] = Stage(f"stores/{name}", settings, (out / "stores" / name,))
+        stages["select"] = Stage("select", select, (out / "select",), out / "select" / "run.json")
+    baselines = {
+        "less": warm | {"dev": dev, "k": k, "less": {"dim": exp.less_dim, "seed": plan.extract.seed}},
+        "rds": warm | {"dev": dev, "k": k},
+        "embedding": {"pool": data["pool"], "dev": dev, "k": k, "embedding_model": exp.embedding_model},
+    }
+    for method in [m for m in baselines if m in wanted]:
+        path = out / "baselines" / f"{method}.json"
+        stages[f"baselines/{method}"] = Stage(f"baselines/{method}", baselines[method], (path,), path)
+    producer = {label: select if METHODS[label] in influence else baselines[METHODS[label]] for label in exp.methods}
+    chosen: dict[str, Any] = {"methods": list(exp.methods)}
+    for settings in producer.values():
+        chosen |= settings
+    stages["selections"] = Stage("selections", chosen, (out / "selections.json",), out / "selections.json")
+    for label, settings in producer.items():
+        for name, spec in targets.items():
+            task = {"type": spec["type"], "sha256": file_digest(spec["eval"])}
+            for seed in exp.seeds:
+                run = f"{METHODS[label]}/{name}/seed{seed}"
+                tuned = data | settings | {"target": name, "finetune": as_dict(finetune_config(plan, seed))}
+                path = out / "finetune" / run
+                stages[f"finetune/{run}"] = Stage(f"finetune/{run}", tuned, (path,), path / "warmup.json")
+                evaluated = tuned | {"eval": task, "max_new_tokens": exp.max_new_tokens}
+                path = out / "eval" / f"{run}.json"
+                stages[f"eval/{run}"] = Stage(f"eval/{run}", evaluated, (path,), path)
+    return stages
+
+
+def toy_settings(plan: Plan) -> dict[str, Any]:
+    """Every setting of the toy world (the defaults filled in)."""
+    from groupinf.llm.toy import ToyConfig
+
+    return asdict(ToyConfig(**plan.toy or {}))
+
+
+def finetune_config(plan: Plan, seed: int) -> WarmupConfig:
+    """The warmup settings with the experiment's fine-tuning overrides and ``seed``."""
+    return replace(plan.warmup, **{**plan.experiment.finetune, "seed": seed})
+
+
+def selections(
+    plan: Plan,
+    model: str,
+    pool: Path,
+    targets: dict[str, dict[str, Any]],
+    out: Path,
+    k: int,
+    stages: Stages,
+    planned: dict[str, Stage],
+) -> dict[str, Any]:
+    """``{method: {target: indices}}`` for every configured method (stages warmup … selections)."""
     from groupinf.llm.extract import extract
     from groupinf.llm.select import run_selection
     from groupinf.llm.warmup import warmup
 
-    if not (out / "warmup" / "warmup.json").is_file():
-        _log("warmup")
-        warmup(model, pool, out / "warmup", plan.warmup, "cpu", progress=False)
-    chosen: dict[str, dict[str, list[int]]] = {}
     wanted = [METHODS[m] for m in plan.experiment.methods]
     influence = [m for m in ("greedy", "topk", "random") if m in wanted]
-    if influence:
-        if not (out / "select" / "run.json").is_file():
-            adapter = out / "warmup" / "adapter"
-            _log("extract projected gradients (pool and targets)")
-            extract(model, pool, out / "stores" / "pool", plan.extract, adapter, "cpu", progress=False)
-            for name, spec in targets.items():
-                extract(model, spec["dev"], out / "stores" / name, plan.extract, adapter, "cpu", progress=False)
-            _log("select: F+I, Additive IF, random")
-            config = replace(plan.select, methods=tuple(influence))
-            stores = {name: out / "stores" / name for name in targets}
-            run_selection(out / "stores" / "pool", stores, out / "select", config)
-        for name in targets:
-            record = json.loads((out / "select" / name / "selection.json").read_text())
-            for method in influence:
-                chosen.setdefault(method, {})[name] = record["methods"][method]["indices"]
-    k = plan.select.budget(len(load_dev(pool)))
-    for method in ("less", "rds", "embedding"):
-        if method not in wanted:
-            continue
-        path = out / "baselines" / f"{method}.json"
-        if not path.is_file():
-            _log(f"select: {method}")
-            atomic_write_json(path, baseline_selection(method, plan, model, pool, targets, out, k))
-        chosen[method] = json.loads(path.read_text())
-    return {label: chosen[METHODS[label]] for label in plan.experiment.methods}
+
+    def warm() -> None:
+        _log("warmup")
+        warmup(model, pool, out / "warmup", plan.warmup, "cpu", progress=False)
+
+    def select() -> None:
+        adapter = out / "warmup" / "adapter"
+        _log("extract projected gradients (pool and targets)")
+        stores = {name: out / "stores" / name for name in ("pool", *targets)}
+        for name, data in {"pool": pool, **{t: spec["dev"] for t, spec in targets.items()}}.items():
+            stages.run(
+                planned[f"stores/{name}"], extract, model, data, stores[name], plan.extract, adapter, "cpu", False
+            )
+        _log("select: F+I, Additive IF, random")
+        config = replace(plan.select, methods=tuple(influence))
+        run_selection(stores.pop("pool"), stores, out / "select", config)
+
+    def baseline(method: str) -> None:
+        _log(f"select: {method}")
+        chosen = baseline_selection(method, plan, model, pool, targets, out, k)
+        atomic_write_json(out / "baselines" / f"{method}.json", chosen)
+
+    def choose() -> None:
+        stages.run(planned["warmup"], warm)
+        chosen: dict[str, dict[str, list[int]]] = {}
+        if influence:
+            stages.run(planned["select"], select)
+            for name in targets:
+                record = json.loads((out / "select" / name / "selection.json").read_text())
+                for method in influence:
+                    chosen.setdefault(method, {})[name] = record["methods"][method]["indices"]
+        for method in ("less", "rds", "embedding"):
+            if method in wanted:
+                stages.run(planned[f"baselines/{method}"], baseline, method)
+                chosen[method] = json.loads((out / "baselines" / f"{method}.json").read_text())
+        labelled = {label: chosen[METHODS[label]] for label in plan.experiment.methods}
+        atomic_write_json(out / "selections.json", labelled)
+
+    stages.run(planned["selections"], choose)
+    return json.loads((out / "selections.json").read_text())
 
 
 def finetune_and_evaluate(
-    plan: Plan, model: str, pool: Path, targets: dict[str, dict[str, Any]], out: Path, chosen: dict[str, Any]
+    plan: Plan,
+    model: str,
+    pool: Path,
+    targets: dict[str, dict[str, Any]],
+    out: Path,
+    chosen: dict[str, Any],
+    stages: Stages,
+    planned: dict[str, Stage],
 ) -> dict[str, Any]:
     """Scores ``{method: {target: {seed: result}}}``: LoRA from the base checkpoint on each selection."""
     from groupinf.llm.evaluate import evaluate_task, load_task
@@ -255,29 +362,28 @@ def finetune_and_evaluate(
 
     tokenizer = load_tokenizer(model)
     tasks = {name: load_task(spec["eval"], spec["type"]) for name, spec in targets.items()}
+
+    def evaluate(label: str, name: str, seed: int, indices: list[int]) -> None:
+        run = f"{METHODS[label]}/{name}/seed{seed}"
+
+        def tune() -> None:
+            _log(f"fine-tune {label} / {name} / seed {seed} on {len(indices)} examples")
+            warmup(model, pool, out / "finetune" / run, finetune_config(plan, seed), "cpu", False, indices=indices)
+
+        stages.run(planned[f"finetune/{run}"], tune)
+        network = load_model(model, torch.float32, torch.device("cpu"), out / "finetune" / run / "adapter")
+        result = evaluate_task(
+            network, tokenizer, targets[name]["type"], tasks[name], plan.warmup.template, plan.experiment.max_new_tokens
+        )
+        atomic_write_json(out / "eval" / f"{run}.json", result)
+
     scores: dict[str, Any] = {}
     for label, per_target in chosen.items():
-        slug = METHODS[label]
         for name, indices in per_target.items():
             for seed in plan.experiment.seeds:
-                result_path = out / "eval" / slug / name / f"seed{seed}.json"
-                if not result_path.is_file():
-                    run_dir = out / "finetune" / slug / name / f"seed{seed}"
-                    if not (run_dir / "warmup.json").is_file():
-                        _log(f"fine-tune {label} / {name} / seed {seed} on {len(indices)} examples")
-                        config = replace(plan.warmup, **{**plan.experiment.finetune, "seed": seed})
-                        warmup(model, pool, run_dir, config, "cpu", progress=False, indices=indices)
-                    network = load_model(model, torch.float32, torch.device("cpu"), run_dir / "adapter")
-                    result = evaluate_task(
-                        network,
-                        tokenizer,
-                        targets[name]["type"],
-                        tasks[name],
-                        plan.warmup.template,
-                        plan.experiment.max_new_tokens,
-                    )
-                    atomic_write_json(result_path, result)
-                result = json.loads(result_path.read_text())
+                run = f"{METHODS[label]}/{name}/seed{seed}"
+                stages.run(planned[f"eval/{run}"], evaluate, label, name, seed, indices)
+                result = json.loads((out / "eval" / f"{run}.json").read_text())
                 scores.setdefault(label, {}).setdefault(name, {})[seed] = result
     return scores
 
@@ -358,29 +464,35 @@ def bar_chart(table: dict[str, Any], path: Path) -> None:
         figure.savefig(tmp, format="png", dpi=120)
 
 
-def run_experiment(config_path: str | Path, out: str | Path) -> dict[str, Any]:
-    """Run (or resume) every stage; returns the results document written to ``out/results.json``."""
+def run_experiment(config_path: str | Path, out: str | Path, recompute: bool = False) -> dict[str, Any]:
+    """Run (or resume) every stage; returns the results document written to ``out/results.json``.
+
+    Stages computed with other settings stop the run (``StaleStagesError``) unless ``recompute``, which
+    recomputes them and keeps the others.
+    """
     start = time.perf_counter()
     plan = load_plan(config_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(plan.experiment.threads or threads)
     try:
-        return _run(plan, config_path, Path(out), start)
+        return _run(plan, config_path, Path(out), start, Stages(out, recompute))
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(plan: Plan, config_path: str | Path, out: Path, start: float) -> dict[str, Any]:
-    model, pool, targets = resolve_world(plan, out)
-    chosen_path = out / "selections.json"
-    if not chosen_path.is_file():
-        atomic_write_json(chosen_path, selections(plan, model, pool, targets, out))
-    chosen = json.loads(chosen_path.read_text())
-    scores = finetune_and_evaluate(plan, model, pool, targets, out, chosen)
-    table = summarise(scores, chosen, load_dev(pool))
+def _run(plan: Plan, config_path: str | Path, out: Path, start: float, stages: Stages) -> dict[str, Any]:
+    model, pool, targets = resolve_world(plan, out, stages)
+    pool_records = load_dev(pool)
+    k = plan.select.budget(len(pool_records))
+    check_budget(k, len(pool_records))
+    planned = plan_stages(plan, out, model, pool, targets, k)
+    stages.check(planned.values())
+    chosen = selections(plan, model, pool, targets, out, k, stages, planned)
+    scores = finetune_and_evaluate(plan, model, pool, targets, out, chosen, stages, planned)
+    table = summarise(scores, chosen, pool_records)
     document = {
         "config": str(config_path),
-        "k": plan.select.budget(len(load_dev(pool))),
+        "k": k,
         "seeds": list(plan.experiment.seeds),
         "settings": {"warmup": as_dict(plan.warmup), "extract": as_dict(plan.extract), "select": as_dict(plan.select)},
         "results": table,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,13 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from groupinf.digests import file_digest
+from groupinf.files import exclusive
 from groupinf.llm.config import ExtractConfig, as_dict
-from groupinf.llm.data import Encoded, collate, encode, load_records, pad_id
+from groupinf.llm.data import Encoded, collate, encode, load_records, naming_lines, pad_id
 from groupinf.llm.models import (
+    check_adapter,
+    check_model,
     linear_layers,
     load_model,
     load_tokenizer,
@@ -30,7 +35,7 @@ from groupinf.llm.models import (
     resolve_precision,
 )
 from groupinf.llm.projection import Projector
-from groupinf.llm.store import GradientStore, StoreSpec, file_digest
+from groupinf.llm.store import GradientStore, StoreSpec
 
 
 @dataclass
@@ -99,50 +104,69 @@ def extract(
 ) -> Extraction:
     """Fill the store at ``out`` with the projected gradients of every example of ``data``.
 
-    Finished shards are kept; an interrupted run resumes where it stopped.
+    Finished shards are kept; an interrupted run resumes where it stopped. The first process holds a lock on
+    ``out`` throughout, so a second extraction into the same directory stops at once instead of racing it.
     """
+    check_model(model)
+    if adapter is not None:
+        check_adapter(adapter)
     workers = Workers.from_env(device)
     try:
-        records = load_records(data)
-        dtype = resolve_precision(config.precision, workers.device)
-        network = load_model(model, dtype, workers.device, adapter)
-        tokenizer = load_tokenizer(model)
-        layers = linear_layers(network, config.layers)
-        projector = Projector(
-            network, layers, config.projection, config.r_out, config.r_in, config.seed, workers.device
-        )
-        spec = StoreSpec(
-            num_examples=len(records),
-            shard_size=config.shard_size,
-            dtype=config.dtype,
-            fisher=config.fisher,
-            layers=tuple(projector.specs),
-            source=describe_source(model, Path(data), adapter),
-            settings=as_dict(config),
-        )
-        if workers.rank == 0:
-            GradientStore.prepare(out, spec).discard_partial_files()
-        workers.barrier()
-        store = GradientStore.prepare(out, spec)
-        mine = store.missing_shards()[workers.rank :: workers.world_size]
-        workers.barrier()
-        padding = pad_id(tokenizer)
-        for shard in tqdm(mine, desc=f"extract (rank {workers.rank})", disable=not progress or workers.rank != 0):
-            start, stop = spec.rows(shard)
-            rows = records.select(range(start, stop))
-            examples = encode(rows, tokenizer, config.template, config.max_length, start)
-            ids = rows["id"] if "id" in rows.column_names else [None] * len(examples)
-            arrays, moments = compute_shard(projector, examples, start, config, padding, workers.device)
-            info = {
-                "ids": [start + i if v is None else v for i, v in enumerate(ids)],
-                "tokens": [len(e.input_ids) for e in examples],
-                "response_tokens": [e.num_response_tokens for e in examples],
-            }
-            store.write_shard(shard, arrays, moments, info)
-        workers.barrier()
-        return Extraction(store, mine, workers.rank, workers.world_size)
+        with ExitStack() as held:
+            if workers.rank == 0:
+                held.enter_context(exclusive(out, "extracting gradients (`groupinf llm extract`)"))
+            return _extract(workers, model, Path(data), out, config, adapter, progress)
     finally:
         workers.close()
+
+
+def _extract(
+    workers: Workers,
+    model: str,
+    data: Path,
+    out: str | Path,
+    config: ExtractConfig,
+    adapter: str | Path | None,
+    progress: bool,
+) -> Extraction:
+    """The work of ``extract`` in one of its processes."""
+    records = load_records(data)
+    dtype = resolve_precision(config.precision, workers.device)
+    network = load_model(model, dtype, workers.device, adapter)
+    tokenizer = load_tokenizer(model)
+    layers = linear_layers(network, config.layers)
+    projector = Projector(network, layers, config.projection, config.r_out, config.r_in, config.seed, workers.device)
+    spec = StoreSpec(
+        num_examples=len(records),
+        shard_size=config.shard_size,
+        dtype=config.dtype,
+        fisher=config.fisher,
+        layers=tuple(projector.specs),
+        source=describe_source(model, data, adapter),
+        settings=as_dict(config),
+    )
+    if workers.rank == 0:
+        GradientStore.prepare(out, spec).discard_partial_files()
+    workers.barrier()
+    store = GradientStore.prepare(out, spec)
+    mine = store.missing_shards()[workers.rank :: workers.world_size]
+    workers.barrier()
+    padding = pad_id(tokenizer)
+    for shard in tqdm(mine, desc=f"extract (rank {workers.rank})", disable=not progress or workers.rank != 0):
+        start, stop = spec.rows(shard)
+        rows = records.select(range(start, stop))
+        with naming_lines(data):
+            examples = encode(rows, tokenizer, config.template, config.max_length, range(start, stop))
+        ids = rows["id"] if "id" in rows.column_names else [None] * len(examples)
+        arrays, moments = compute_shard(projector, examples, start, config, padding, workers.device)
+        info = {
+            "ids": [start + i if v is None else v for i, v in enumerate(ids)],
+            "tokens": [len(e.input_ids) for e in examples],
+            "response_tokens": [e.num_response_tokens for e in examples],
+        }
+        store.write_shard(shard, arrays, moments, info)
+    workers.barrier()
+    return Extraction(store, mine, workers.rank, workers.world_size)
 
 
 def length_batches(lengths: list[int], batch_size: int, batch_tokens: int | None = None) -> list[list[int]]:

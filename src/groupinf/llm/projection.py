@@ -149,7 +149,9 @@ class Projector:
                 if x.shape[:2] != mask.shape:
                     raise ValueError(f"layer {name} sees inputs {tuple(x.shape)}, expected (batch, tokens, d_in)")
                 work = torch.float64 if x.dtype == torch.float64 else torch.float32
-                inputs[name] = (x.to(work) @ p_in.T.to(work)) * mask.unsqueeze(-1).to(work)
+                # detached: a projection that required grad would keep the batch's whole graph alive in the
+                # gradients and moments built from it (and across batches in the moment sums)
+                inputs[name] = (x.detach().to(work) @ p_in.T.to(work)) * mask.unsqueeze(-1).to(work)
 
                 def grad_hook(grad: Tensor) -> None:
                     grads[current[0]][name] = grad.to(work) @ p_out.T.to(work)

@@ -27,15 +27,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from groupinf.checks import check_count
 from groupinf.curvature import Curvature
 from groupinf.curvature_ops import LowRankCurvature
 from groupinf.features import SelectionFeatures, select_from_features
 from groupinf.files import atomic_write_json
-from groupinf.influence import compute_shifts
 from groupinf.llm.config import SelectConfig, as_dict
 from groupinf.llm.curvature import fit_curvature
 from groupinf.llm.store import GradientStore
-from groupinf.selection import InteractionFactors
+from groupinf.selection import InteractionFactors, check_budget
+from groupinf.shifts import compute_shifts
 
 #: the settings that must agree between the pool store and a target store
 SHARED_SETTINGS = ("projection", "r_in", "r_out", "seed", "layers", "fisher", "precision")
@@ -83,8 +84,7 @@ def pool_features(
     device: str | torch.device = "cpu",
 ) -> dict[str, SelectionFeatures]:
     """Selection features (``a_c``, interaction factors ``b_c``) of every pool example for every target."""
-    if n < 1:
-        raise ValueError(f"n (the number of examples θ* was trained on) must be >= 1, got {n}")
+    check_count(n, "n (the number of examples θ* was trained on)")
     vectors = torch.cat([torch.cat([t.gradient[None], t.curvature.factor]) for t in targets])
     solved = compute_shifts(curvature, vectors, n).to(device, torch.float32)  # rows (1/n) H⁻¹ v
     products = torch.empty(pool.spec.num_examples, len(vectors), dtype=torch.float32, device=device)
@@ -121,6 +121,9 @@ def run_selection(
     train_size = n if n is not None else pool.spec.source.get("train_size")
     if train_size is None:
         raise ValueError("pass --n, the number of examples θ* was trained on (no warmup record beside the adapter)")
+    check_count(train_size, "n (the number of examples θ* was trained on)")
+    k = config.budget(pool.spec.num_examples)
+    check_budget(k, pool.spec.num_examples)
     stores = {name: GradientStore.open(path) for name, path in target_paths.items()}
     for name, store in stores.items():
         check_compatible(pool, store, name)
@@ -129,7 +132,6 @@ def run_selection(
     clock["curvature"] = time.perf_counter()
     features = pool_features(pool, curvature, targets, train_size, device)
     clock["features"] = time.perf_counter()
-    k = config.budget(pool.spec.num_examples)
     ids = pool.ids()
     out = Path(out)
     summary: dict[str, Any] = {}

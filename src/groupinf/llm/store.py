@@ -6,12 +6,15 @@ Layout of a store directory::
     shards/00000.gradients.bin       (rows, d) raw array in the store dtype: projected ∇l_i, data labels
     shards/00000.fisher.bin          (rows, d) the same for labels drawn from the model (true Fisher only)
     shards/00000.moments.safetensors per layer Σ_t (P_i x)(P_i x)ᵀ and Σ_t (P_o s)(P_o s)ᵀ (float64), tokens
-    shards/00000.json                rows, example ids and token counts; written last: the shard is done
+    shards/00000.json                rows, example ids, token counts, the sizes and SHA-256 of the other
+                                     three files; written last: the shard is done
 
 Shard ``j`` holds examples ``[j·shard_size, (j+1)·shard_size)`` of the data file, in file order, whichever
 process computed it, so stores made with any number of processes are identical. Every file is written to a
 temporary name and renamed; a shard counts as done when its ``.json`` exists and its arrays have the sizes
-it records, so an interrupted extraction resumes at the first unfinished shard.
+it records, so an interrupted extraction resumes at the first unfinished shard. Reading a shard's file
+checks it against its recorded SHA-256, so a file changed or damaged since it was written is reported, not
+used.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from groupinf.digests import file_digest
 from groupinf.files import atomic_path, atomic_write_bytes, atomic_write_json
 from groupinf.llm.projection import LayerSpec
 
@@ -36,15 +40,6 @@ TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32":
 #: how each storage dtype is memory-mapped with numpy (bfloat16 as raw 16-bit words, viewed by torch)
 NUMPY_DTYPES = {"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32}
 KINDS = ("gradients", "fisher")
-
-
-def file_digest(path: Path) -> str:
-    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -100,6 +95,7 @@ class GradientStore:
     def __init__(self, path: str | Path, spec: StoreSpec) -> None:
         self.path = Path(path)
         self.spec = spec
+        self._verified: set[Path] = set()
 
     @classmethod
     def prepare(cls, path: str | Path, spec: StoreSpec) -> GradientStore:
@@ -139,7 +135,8 @@ class GradientStore:
         return store
 
     def discard_partial_files(self) -> None:
-        """Remove temporary files a killed writer left behind (call while no process is writing)."""
+        """Remove temporary files a killed writer left behind (call while no process is writing: ``extract``
+        holds a lock on the store directory)."""
         for path in (self.path / "shards").glob(".*.tmp"):
             path.unlink(missing_ok=True)
 
@@ -155,11 +152,27 @@ class GradientStore:
             return False
         if not self._file(shard, "moments.safetensors").is_file():
             return False
-        for kind, size in json.loads(info_path.read_text())["bytes"].items():
+        info = json.loads(info_path.read_text())
+        if "sha256" not in info:  # written before shards carried checksums: recomputed
+            return False
+        for kind, size in info["bytes"].items():
             array = self._file(shard, f"{kind}.bin")
             if not array.is_file() or array.stat().st_size != size:
                 return False
         return True
+
+    def _verified_file(self, shard: int, suffix: str) -> Path:
+        """Shard ``shard``'s file ``suffix``, checked (once per store object) against its recorded SHA-256."""
+        path = self._file(shard, suffix)
+        if path not in self._verified:
+            if file_digest(path) != self.shard_info(shard)["sha256"][suffix]:
+                raise ValueError(
+                    f"{path} does not match the checksum recorded when it was written (changed or damaged since); "
+                    f"delete {self._file(shard, 'json').name} beside it and rerun the same `groupinf llm extract` "
+                    "command to recompute the shard"
+                )
+            self._verified.add(path)
+        return path
 
     def missing_shards(self) -> list[int]:
         return [shard for shard in range(self.spec.num_shards) if not self.is_done(shard)]
@@ -177,7 +190,7 @@ class GradientStore:
         if set(arrays) != set(self._kinds()):
             raise ValueError(f"shard arrays must be {self._kinds()}, got {sorted(arrays)}")
         dtype = TORCH_DTYPES[self.spec.dtype]
-        sizes = {}
+        sizes, digests = {}, {}
         for kind, values in arrays.items():
             if values.shape != (stop - start, self.spec.dim):
                 wanted = (stop - start, self.spec.dim)
@@ -191,10 +204,11 @@ class GradientStore:
                 )
             data = stored.view(torch.uint8).numpy().tobytes()
             atomic_write_bytes(self._file(shard, f"{kind}.bin"), data)
-            sizes[kind] = len(data)
+            sizes[kind], digests[f"{kind}.bin"] = len(data), hashlib.sha256(data).hexdigest()
         with atomic_path(self._file(shard, "moments.safetensors")) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in moments.items()}, str(tmp))
-        info = {"shard": shard, "start": start, "stop": stop, **info, "bytes": sizes}
+            digests["moments.safetensors"] = file_digest(tmp)
+        info = {"shard": shard, "start": start, "stop": stop, **info, "bytes": sizes, "sha256": digests}
         atomic_write_json(self._file(shard, "json"), info)
 
     def shard_info(self, shard: int) -> dict[str, Any]:
@@ -211,7 +225,7 @@ class GradientStore:
         kind = kind if kind in self._kinds() else "gradients"
         start, stop = self.spec.rows(shard)
         mapped = np.memmap(
-            self._file(shard, f"{kind}.bin"),
+            self._verified_file(shard, f"{kind}.bin"),
             dtype=NUMPY_DTYPES[self.spec.dtype],
             mode="c",
             shape=(stop - start, self.spec.dim),
@@ -231,7 +245,7 @@ class GradientStore:
         """The per-layer moment sums and token counts, summed over shards (float64)."""
         total: dict[str, Tensor] = {}
         for shard in range(self.spec.num_shards):
-            for key, value in load_file(str(self._file(shard, "moments.safetensors"))).items():
+            for key, value in load_file(str(self._verified_file(shard, "moments.safetensors"))).items():
                 total[key] = total[key] + value if key in total else value
         return total
 

@@ -14,9 +14,6 @@ the settings), written last.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,12 +21,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from groupinf.files import atomic_path, atomic_write_json
+from groupinf.digests import file_digest
+from groupinf.files import atomic_directory, atomic_path, atomic_write_json
 from groupinf.llm.config import WarmupConfig, as_dict
-from groupinf.llm.data import collate, encode, load_records, pad_id
-from groupinf.llm.models import load_model, load_tokenizer, resolve_device, resolve_precision
+from groupinf.llm.data import collate, encode, load_records, naming_lines, pad_id
+from groupinf.llm.models import check_model, load_model, load_tokenizer, resolve_device, resolve_precision
 from groupinf.llm.objective import response_nll
-from groupinf.llm.store import file_digest
 
 
 def warmup_indices(pool_size: int, fraction: float, seed: int) -> list[int]:
@@ -56,6 +53,7 @@ def warmup(
     from transformers import get_cosine_schedule_with_warmup
 
     out = Path(out)
+    check_model(model)
     target = resolve_device(device)
     dtype = resolve_precision(config.precision, target)
     records = load_records(data)
@@ -63,7 +61,8 @@ def warmup(
     if not chosen or not all(0 <= i < len(records) for i in chosen):
         raise ValueError(f"indices must be a non-empty list of example indices in [0, {len(records)})")
     tokenizer = load_tokenizer(model)
-    examples = encode(records.select(chosen), tokenizer, config.template, config.max_length)
+    with naming_lines(data):
+        examples = encode(records.select(chosen), tokenizer, config.template, config.max_length, chosen)
     torch.manual_seed(config.seed)
     lora = LoraConfig(
         r=config.lora_rank,
@@ -128,12 +127,5 @@ def warmup(
 
 def save_adapter(network, path: Path) -> None:
     """``network.save_pretrained`` into a temporary directory beside ``path``, then renamed to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    with atomic_directory(path) as tmp:
         network.save_pretrained(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
