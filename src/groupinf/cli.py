@@ -187,7 +187,10 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curvature", choices=CURVATURES, default=None, help="training curvature")
     parser.add_argument("--damping", type=damping_option, default=None, help="damping ρ or 'heuristic'")
     parser.add_argument(
-        "--target-curvature", choices=TARGET_KINDS, default=None, help="H_f products, whole or per-layer blocks"
+        "--target-curvature",
+        choices=TARGET_KINDS,
+        default=None,
+        help="H_f products, whole or per-layer blocks (default: block-ggn, as for every network)",
     )
     parser.add_argument(
         "--interaction-scale",
@@ -387,6 +390,7 @@ def run_select(args: argparse.Namespace) -> None:
         record["interaction_scale_auto"] = scale_choice
     if pool_indices is not None:
         record["train_indices"] = pool_indices[indices].tolist()
+        record["target_curvature"] = config.target_curvature
     atomic_save_npy(args.out / "selection.npy", indices.astype(np.int64))
     atomic_write_json(args.out / "selection.json", record)
     alpha = f", α = {selection.interaction_scale:g}" if "I" in selection.terms else ""

@@ -39,7 +39,7 @@ from groupinf.files import atomic_path, atomic_write_json
 from groupinf.groups import check_group_settings, group_sums, nearest_neighbour_groups, validate_groups
 from groupinf.influence import GroupInfluence
 from groupinf.models import linear_model, loss_for, mlp, resnet9, weight_parameters
-from groupinf.target import TARGET_KINDS, TargetKind, mean_loss
+from groupinf.target import LINEAR_TARGET_CURVATURE, NETWORK_TARGET_CURVATURE, TARGET_KINDS, TargetKind, mean_loss
 from groupinf.task import Task
 from groupinf.training import SGDConfig, fit_convex, is_positive_definite, train_sgd
 
@@ -47,7 +47,11 @@ INFLUENCE_METHODS = ("F", "F+I", "F+B", "F+I+B")
 METHODS = (*INFLUENCE_METHODS, "TRAK", "TracIn")
 #: ``H_f`` when none is given, per model kind; docs/math.md §7 gives the measurements behind the networks'
 #: choice. A linear model is one layer whose Hessian is its Gauss–Newton matrix: every kind is the same there.
-DEFAULT_TARGET_CURVATURE: dict[str, TargetKind] = {"lr": "exact", "mlp": "block-ggn", "resnet9": "block-ggn"}
+DEFAULT_TARGET_CURVATURE: dict[str, TargetKind] = {
+    "lr": LINEAR_TARGET_CURVATURE,
+    "mlp": NETWORK_TARGET_CURVATURE,
+    "resnet9": NETWORK_TARGET_CURVATURE,
+}
 
 
 @dataclass(frozen=True)
