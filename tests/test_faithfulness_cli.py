@@ -36,6 +36,7 @@ def test_results_schema_on_npz(tmp_path, capsys, regression):
         assert set(group["estimates"]) == set(results["spearman"])
         assert np.isfinite(group["truth"])
     assert results["spearman"]["F+I"] > 0.8
+    assert results["target_curvature"] == "exact"  # the default for a linear model
     assert "F+I" in capsys.readouterr().out
 
 
@@ -85,6 +86,17 @@ def test_retraining_cache_is_reused_only_for_the_same_group(tmp_path, monkeypatc
     swapped = [groups[1], groups[0], *groups[2:]]
     assert faithfulness.retraining_truth(task, theta, tensors, swapped, tmp_path) == [truth[1], truth[0], *truth[2:]]
     assert len(calls) == 2  # the two moved groups are retrained, not read from the other group's file
+
+
+def test_target_curvature_default_per_model_kind():
+    """Linear models keep the exact H_f; networks take per-layer Gauss–Newton blocks (docs/math.md §7)."""
+    assert faithfulness.DEFAULT_TARGET_CURVATURE == {"lr": "exact", "mlp": "block-ggn", "resnet9": "block-ggn"}
+    for model, kind in faithfulness.DEFAULT_TARGET_CURVATURE.items():
+        assert faithfulness.FaithfulnessConfig(model=model).target_kind == kind
+        assert faithfulness.FaithfulnessConfig(model=model, target_curvature="ggn").target_kind == "ggn"
+    assert cli.build_parser().parse_args(["faithfulness", "--out", "o"]).target_curvature is None
+    with pytest.raises(ValueError, match="target curvature"):
+        faithfulness.FaithfulnessConfig(target_curvature="blocks")
 
 
 def test_bad_arguments_give_clear_errors(tmp_path, capsys):
@@ -193,7 +205,9 @@ def test_mlp_faithfulness_resumes_and_writes_every_output(tmp_path, monkeypatch)
     np.testing.assert_allclose([g["truth"] for g in results["groups"]], per_seed.mean(axis=1))
     assert results["truth_seed_agreement"] == faithfulness.seed_agreement(per_seed)
     assert "a perfect estimator would reach" in (tmp_path / "results.md").read_text()
+    assert results["target_curvature"] == "block-ggn"  # the default for a network
     assert set(results["damping_sweep"]) == {"0.01", "1.0"}
+    assert "| 0.01 | " in (tmp_path / "results.md").read_text()  # the sweep's table
     assert len(results["class_pairs"]["average"]) == 10
     for name in ("results.md", "spearman.png", "damping_sweep.png", "class_pairs.png"):
         assert (tmp_path / name).stat().st_size > 100

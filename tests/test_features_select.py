@@ -11,10 +11,12 @@ from groupinf import cli
 from groupinf.curvature import EigenCurvature, gauss_newton
 from groupinf.curvature_ops import LowRankCurvature
 from groupinf.data import load_dataset
+from groupinf.experiments import faithfulness
+from groupinf.experiments.selection_eval import PRESETS
 from groupinf.features import SelectionFeatures, compute_features, cross_validated_scale, select_from_features
 from groupinf.methods import METHODS
 from groupinf.selection import InteractionFactors
-from groupinf.target import target_curvature
+from groupinf.target import NETWORK_TARGET_CURVATURE, target_curvature
 from groupinf.training import SGDConfig
 
 
@@ -118,6 +120,7 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
     record = json.loads((out / "selection.json").read_text())
     assert len(record["train_indices"]) == 12 == len(set(record["indices"]))
     assert record["terms"] == "F+I+B" and record["interaction_scale"] == 3
+    assert record["target_curvature"] == "block-ggn"  # θ* is a network: the networks' default H_f
     argv = ["selection-eval", *pool, "--budgets", "5,10", "--seeds", 2, "--workers", 1, "--out", tmp_path / "ev"]
     argv += ["--scale-grid", "1,8", "--scale-folds", 2]
     argv += ["--epochs", 20, "--lr", 0.1]
@@ -125,6 +128,7 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
     (results_file,) = (tmp_path / "ev").rglob("results.json")
     run_dir = results_file.parent
     results = json.loads(results_file.read_text())
+    assert results["config"]["target_curvature"] == "block-ggn"
     assert results["config"]["sgd"] == {
         "epochs": 20,
         "lr": 0.1,
@@ -170,6 +174,17 @@ def test_select_and_selection_eval_from_data(tmp_path, capsys):
     assert cli.main(list(map(str, ["select", *pool, "--k", 3, "--epochs", 0, "--out", tmp_path / "big"]))) == 2
     assert "invalid SGD settings" in capsys.readouterr().err
     assert not (tmp_path / "big").exists()
+
+
+def test_select_and_selection_eval_default_to_the_networks_target_curvature():
+    """θ* of select and selection-eval is an MLP, so their H_f default is faithfulness's for networks."""
+    assert NETWORK_TARGET_CURVATURE == faithfulness.DEFAULT_TARGET_CURVATURE["mlp"] == "block-ggn"
+    assert all(preset.target_curvature == NETWORK_TARGET_CURVATURE for preset in PRESETS.values())
+    for command in (["select", "--k", "1"], ["selection-eval"]):
+        args = cli.build_parser().parse_args([*command, "--out", "x"])
+        assert cli.pool_config(args).target_curvature == NETWORK_TARGET_CURVATURE
+        args = cli.build_parser().parse_args([*command, "--target-curvature", "ggn", "--out", "x"])
+        assert cli.pool_config(args).target_curvature == "ggn"
 
 
 def test_select_from_a_checkpoint_reproduces_the_trained_selection(tmp_path):

@@ -30,8 +30,12 @@ def test_suite_tabulates_every_setting(tmp_path, monkeypatch):
     monkeypatch.setattr(suite, "CPU_SUITE", settings)
     text = suite.run_suite("cpu", tmp_path / "out")
     header, _, lr_row, mlp_row = text.strip().splitlines()
-    assert header.startswith("| setting | draws | F | F+I |") and header.endswith("| truth reliability | seconds |")
-    assert lr_row.startswith("| toy-LR | 2 |") and "| exact |" in lr_row
-    assert mlp_row.startswith("| toy-MLP | 1 |")
+    assert header.startswith("| setting | draws | H_f | F | F+I |")
+    assert header.endswith("| truth reliability | seconds |")
+    assert lr_row.startswith("| toy-LR | 2 | exact |") and lr_row.split("|")[-3].strip() == "exact"
+    assert mlp_row.startswith("| toy-MLP | 1 | block-ggn |")  # each model kind's default H_f
     assert len(lr_row.split("|")) == len(header.split("|")) == len(mlp_row.split("|"))
     assert (tmp_path / "out" / "suite.md").read_text() == text and (tmp_path / "out" / "suite.png").is_file()
+
+    text = suite.run_suite("cpu", tmp_path / "out", target_curvature="ggn", workers=1)  # retrainings cached
+    assert [row.split("|")[3].strip() for row in text.strip().splitlines()[2:]] == ["ggn", "ggn"]

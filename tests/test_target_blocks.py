@@ -7,8 +7,10 @@ import torch
 from torch import nn
 
 from groupinf.curvature import EigenCurvature, gauss_newton
+from groupinf.experiments.faithfulness import build_task
 from groupinf.influence import GroupInfluence
 from groupinf.losses import CrossEntropy
+from groupinf.models import loss_for, mlp
 from groupinf.target import mean_loss, target_curvature
 from groupinf.target_blocks import BlockDiagonalCurvature, layer_blocks
 from groupinf.task import Task
@@ -78,3 +80,59 @@ def test_block_kinds_by_name_in_the_interaction_term(task):
         torch.testing.assert_close(influence.estimate(groups, basu=False)["I"], expected)
     with pytest.raises(ValueError, match="block-ggn"):
         target_curvature(task, theta, "blocks")
+
+
+def dense_ggn(task: Task, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(1/m) Σ_j J_jᵀ ∇²_z l(z_j, y_j) J_j``, formed from explicit Jacobians and output Hessians."""
+    jac = torch.func.jacrev(lambda th: task.outputs(th, X))(theta)  # (m, C, p)
+    outputs = task.outputs(theta, X).detach()
+    out_hess = torch.stack(
+        [
+            torch.func.hessian(lambda z, t=t: task.loss(z.unsqueeze(0), t.unsqueeze(0)).sum())(z)
+            for z, t in zip(outputs, y, strict=True)
+        ]
+    )  # (m, C, C)
+    return torch.einsum("jcp,jcd,jdq->pq", jac, out_hess, jac) / len(X)
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+def test_every_target_kind_against_an_explicit_dense_matrix(kind):
+    """On a two-hidden-layer ReLU MLP (the library's), ``target_curvature`` of each kind equals the dense
+    target Hessian / Gauss–Newton matrix, whole or with its cross-layer blocks zeroed; those blocks are not
+    zero, so dropping them matters. ReLU is piecewise linear in each layer's parameters, so the exact
+    Hessian's diagonal blocks are the Gauss–Newton ones (docs/math.md §7)."""
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(25, 4, generator=gen, dtype=DT)
+    y = (
+        torch.randint(0, 3, (25,), generator=gen)
+        if kind == "classification"
+        else torch.randn(25, 1, generator=gen, dtype=DT)
+    )
+    torch.manual_seed(3)
+    model = mlp(4, 3 if kind == "classification" else 1, (6, 5)).double()
+    task = Task(model, loss_for(kind, 3), 0.0, mean_loss(X, y))
+    theta = task.theta()
+    blocks = layer_blocks(task.space)
+    assert blocks == [["0.weight", "0.bias"], ["2.weight", "2.bias"], ["4.weight", "4.bias"]]
+    dense = {"exact": task.target.hessian(task, theta), "ggn": dense_ggn(task, theta, X, y)}
+    V = torch.randn(6, theta.numel(), generator=gen, dtype=DT)
+    for name, matrix in dense.items():
+        masked = zero_off_diagonal(matrix, task, blocks)
+        assert (matrix - masked).abs().max() > 1e-3 * matrix.abs().max()  # real cross-layer blocks
+        torch.testing.assert_close(target_curvature(task, theta, name).matmul(V), V @ matrix)
+        torch.testing.assert_close(target_curvature(task, theta, f"block-{name}").matmul(V), V @ masked)
+    torch.testing.assert_close(
+        zero_off_diagonal(dense["exact"], task, blocks), zero_off_diagonal(dense["ggn"], task, blocks)
+    )
+    assert (dense["exact"] - dense["ggn"]).abs().max() > 1e-3 * dense["ggn"].abs().max()  # they differ across layers
+
+
+def test_a_linear_model_has_one_target_curvature(breast_cancer):
+    """Logistic regression is one layer whose Hessian is its Gauss–Newton matrix: all four kinds agree, so the
+    linear model's default (exact) is every kind at once."""
+    task, _ = build_task(breast_cancer, l2=0.1)
+    theta = task.theta()
+    V = torch.randn(4, theta.numel(), generator=torch.Generator().manual_seed(0), dtype=DT)
+    exact = target_curvature(task, theta, "exact").matmul(V)
+    for kind in ("ggn", "block-exact", "block-ggn"):
+        torch.testing.assert_close(target_curvature(task, theta, kind).matmul(V), exact)

@@ -63,6 +63,10 @@ def parse_floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+#: faithfulness options that ``--suite`` applies to every setting when given
+SUITE_OVERRIDES = ("target_curvature", "damping_sweep", "workers")
+
+
 def add_faithfulness(commands: argparse._SubParsersAction) -> None:
     faith = commands.add_parser(
         "faithfulness",
@@ -70,7 +74,13 @@ def add_faithfulness(commands: argparse._SubParsersAction) -> None:
         description="Train, retrain without each nearest-neighbour group and report the Spearman correlation "
         "of F, F+I, F+B, F+I+B, TRAK and TracIn with the true change in mean test loss.",
     )
-    faith.add_argument("--suite", choices=["cpu"], default=None, help="run every setting with data on this machine")
+    faith.add_argument(
+        "--suite",
+        choices=["cpu"],
+        default=None,
+        help="run every setting with data on this machine (of the other options only --data-dir, "
+        "--target-curvature, --damping-sweep and --workers apply, to every setting)",
+    )
     faith.add_argument("--data", default="digits", help=f"{DATA_HELP} (default: digits)")
     faith.add_argument("--data-dir", default=None, help="directory holding the data set's files")
     faith.add_argument("--model", default="lr", choices=["lr", "mlp", "resnet9"], help="lr: logistic/linear regression")
@@ -93,7 +103,10 @@ def add_faithfulness(commands: argparse._SubParsersAction) -> None:
     )
     faith.add_argument("--curvature", choices=CURVATURES, default="exact", help="training curvature")
     faith.add_argument(
-        "--target-curvature", choices=TARGET_KINDS, default="exact", help="H_f products, whole or per-layer blocks"
+        "--target-curvature",
+        choices=TARGET_KINDS,
+        default=None,
+        help="H_f products, whole or per-layer blocks (default: exact for lr, block-ggn for networks)",
     )
     faith.add_argument("--l2", type=float, default=0.01, help="L2 strength λ (SGD weight decay) (default 0.01)")
     faith.add_argument("--epochs", type=int, default=200, help="MLP: SGD epochs (default 200, Table 3)")
@@ -101,7 +114,7 @@ def add_faithfulness(commands: argparse._SubParsersAction) -> None:
     faith.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (ResNet-9 in the paper: 0.9)")
     faith.add_argument("--cosine", action="store_true", help="cosine learning-rate schedule (ResNet-9)")
     faith.add_argument("--seeds", type=int, default=3, help="MLP: retraining seeds (default 3)")
-    faith.add_argument("--workers", type=int, default=2, help="MLP: retraining processes (default 2)")
+    faith.add_argument("--workers", type=int, default=None, help="MLP: retraining processes (default 2)")
     faith.add_argument("--max-train", type=int, default=None, help="use at most this many training examples")
     faith.add_argument("--max-test", type=int, default=None, help="use at most this many test examples")
     faith.add_argument("--trak-dim", type=int, default=512, help="TRAK projection dimension (default 512)")
@@ -174,7 +187,10 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curvature", choices=CURVATURES, default=None, help="training curvature")
     parser.add_argument("--damping", type=damping_option, default=None, help="damping ρ or 'heuristic'")
     parser.add_argument(
-        "--target-curvature", choices=TARGET_KINDS, default=None, help="H_f products, whole or per-layer blocks"
+        "--target-curvature",
+        choices=TARGET_KINDS,
+        default=None,
+        help="H_f products, whole or per-layer blocks (default: block-ggn, as for every network)",
     )
     parser.add_argument(
         "--interaction-scale",
@@ -288,16 +304,19 @@ def run_faithfulness(args: argparse.Namespace) -> None:
     from groupinf.training import SGDConfig
 
     if args.suite is not None:
-        print(run_suite(args.suite, args.out, args.data_dir))
+        overrides = {k: getattr(args, k) for k in SUITE_OVERRIDES if getattr(args, k)}
+        print(run_suite(args.suite, args.out, args.data_dir, **overrides))
         return
     sgd_keys = ("epochs", "lr", "momentum", "cosine")
     options = {k: v for k, v in vars(args).items() if k not in ("command", "out", "suite", *sgd_keys)}
+    options = {k: v for k, v in options.items() if k not in SUITE_OVERRIDES or v is not None}
     sgd = SGDConfig(args.epochs, args.lr, args.l2, momentum=args.momentum, cosine=args.cosine)
     config = FaithfulnessConfig(**options, sgd=sgd)
     results = run_faithfulness(config, args.out)
     print(
         f"\n{config.data} / {config.model}: {config.draws} × {config.groups} groups of {results['group_size']} "
-        f"(n = {results['n_train']}), curvature {config.curvature}, damping {results['damping']:.3g}"
+        f"(n = {results['n_train']}), curvature {config.curvature}, damping {results['damping']:.3g}, "
+        f"H_f {results['target_curvature']}"
     )
     print(format_table(results))
     print(f"\nwrote {args.out / 'results.json'}, results.md and figures")
@@ -371,6 +390,7 @@ def run_select(args: argparse.Namespace) -> None:
         record["interaction_scale_auto"] = scale_choice
     if pool_indices is not None:
         record["train_indices"] = pool_indices[indices].tolist()
+        record["target_curvature"] = config.target_curvature
     atomic_save_npy(args.out / "selection.npy", indices.astype(np.int64))
     atomic_write_json(args.out / "selection.json", record)
     alpha = f", α = {selection.interaction_scale:g}" if "I" in selection.terms else ""

@@ -25,6 +25,13 @@ from groupinf.task import Target, Task, check_inputs, check_lengths
 #: ``H_f`` choices: exact Hessian or Gauss–Newton products, whole or restricted to per-layer blocks.
 TargetKind = Literal["exact", "ggn", "block-exact", "block-ggn"]
 TARGET_KINDS: tuple[str, ...] = get_args(TargetKind)
+#: ``H_f`` of a network when none is given: per-layer Gauss–Newton blocks. At the cpu suite's damping it ranked
+#: groups best (tied with block-exact, the same matrix on ReLU networks) on every network setting, and F+I
+#: beat F with it (docs/math.md §7).
+NETWORK_TARGET_CURVATURE: TargetKind = "block-ggn"
+#: ``H_f`` of a linear model when none is given. It is one layer whose Hessian is its Gauss–Newton matrix, so
+#: the four kinds are the same matrix there.
+LINEAR_TARGET_CURVATURE: TargetKind = "exact"
 
 
 class LossTarget(Target):

@@ -1,7 +1,8 @@
 """TRAK (Park et al. 2023) with randomly projected output-function gradients and a ridge.
 
-For each model ``θ_s`` in the ensemble: ``φ_i = P ∇m_i`` (``P`` a seeded Gaussian ``k×p`` matrix,
-``m`` the output function, e.g. the margin ``log p_y − log(1 − p_y)``), ``K = Σ_i φ_i φ_iᵀ + ρI``.
+For each model ``θ_s`` in the ensemble: ``φ_i = P ∇m_i`` (``P`` the ``k×p`` Gaussian projection of
+``groupinf.projection``, drawn as ``Pᵀ`` from the seed ``seed + s`` on the parameters' device and in their
+dtype; ``m`` the output function, e.g. the margin ``log p_y − log(1 − p_y)``), ``K = Σ_i φ_i φ_iᵀ + ρI``.
 Each training loss gradient is ``g_i = −Q_i ∇m_i`` exactly (``Q_i = 1 − p_{y_i}`` for softmax, ``y − h``
 for squared error), so the removal effect on the target is estimated by
 ``∇fᵀ (ΦᵀΦ)⁻¹ P g_i`` = ``−Q_i (P∇f)ᵀ K⁻¹ φ_i``, averaged over the ensemble: larger = larger target
@@ -19,6 +20,7 @@ from torch.func import grad, vmap
 
 from groupinf.gradients import batches
 from groupinf.losses import BinaryLogistic, CrossEntropy, SquaredError
+from groupinf.projection import gaussian_projection
 from groupinf.task import Task
 
 
@@ -60,9 +62,9 @@ def trak_scores(
     p = thetas[0].numel()
     scores = torch.zeros(len(inputs), dtype=thetas[0].dtype, device=thetas[0].device)
     for s, theta in enumerate(thetas):
-        generator = torch.Generator(device=theta.device).manual_seed(seed + s)
-        projection = torch.randn(p, proj_dim, generator=generator, dtype=theta.dtype, device=theta.device)
-        projection /= proj_dim**0.5
+        projection = gaussian_projection(
+            proj_dim, p, seed + s, dtype=theta.dtype, device=theta.device, transposed=True, divisor=proj_dim**0.5
+        )
 
         def margin_one(th: Tensor, x: Tensor, y: Tensor) -> Tensor:
             return output_function(task, task.outputs(th, x[None]), y[None])[0][0]

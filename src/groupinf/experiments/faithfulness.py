@@ -39,12 +39,19 @@ from groupinf.files import atomic_path, atomic_write_json
 from groupinf.groups import check_group_settings, group_sums, nearest_neighbour_groups, validate_groups
 from groupinf.influence import GroupInfluence
 from groupinf.models import linear_model, loss_for, mlp, resnet9, weight_parameters
-from groupinf.target import TARGET_KINDS, mean_loss
+from groupinf.target import LINEAR_TARGET_CURVATURE, NETWORK_TARGET_CURVATURE, TARGET_KINDS, TargetKind, mean_loss
 from groupinf.task import Task
 from groupinf.training import SGDConfig, fit_convex, is_positive_definite, train_sgd
 
 INFLUENCE_METHODS = ("F", "F+I", "F+B", "F+I+B")
 METHODS = (*INFLUENCE_METHODS, "TRAK", "TracIn")
+#: ``H_f`` when none is given, per model kind; docs/math.md §7 gives the measurements behind the networks'
+#: choice. A linear model is one layer whose Hessian is its Gauss–Newton matrix: every kind is the same there.
+DEFAULT_TARGET_CURVATURE: dict[str, TargetKind] = {
+    "lr": LINEAR_TARGET_CURVATURE,
+    "mlp": NETWORK_TARGET_CURVATURE,
+    "resnet9": NETWORK_TARGET_CURVATURE,
+}
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ class FaithfulnessConfig:
     distinct_groups: bool = False
     damping: Damping = 0.0
     curvature: str = "exact"
-    target_curvature: str = "exact"
+    target_curvature: str | None = None  # None: DEFAULT_TARGET_CURVATURE of the model kind
     l2: float = 0.01
     sgd: SGDConfig = field(default_factory=SGDConfig)
     seeds: int = 3
@@ -86,7 +93,7 @@ class FaithfulnessConfig:
                 check_count(getattr(self, name), name)
         if self.model not in ("lr", "mlp", "resnet9"):
             raise ValueError(f"model must be 'lr', 'mlp' or 'resnet9', got {self.model!r}")
-        if self.target_curvature not in TARGET_KINDS:
+        if self.target_curvature is not None and self.target_curvature not in TARGET_KINDS:
             raise ValueError(f"target curvature must be one of {TARGET_KINDS}, got {self.target_curvature!r}")
         if self.groups < 2:
             raise ValueError(f"a rank correlation needs at least 2 groups, got {self.groups}")
@@ -103,6 +110,11 @@ class FaithfulnessConfig:
     @property
     def retrain_seeds(self) -> int:
         return 1 if self.model == "lr" else self.seeds
+
+    @property
+    def target_kind(self) -> str:
+        """The ``H_f`` used: ``target_curvature``, or the model kind's default."""
+        return self.target_curvature or DEFAULT_TARGET_CURVATURE[self.model]
 
     def fingerprint(self, data_fingerprint: str) -> str:
         """A short hash of the settings and the (standardised) data that change the trained models and groups.
@@ -315,7 +327,7 @@ def influence_estimates(
     X, y = tensors["X_train"], tensors["y_train"]
     curvature = fit_curvature(config.curvature, task, theta, X, y, len(X), damping)
     group_hessian = "exact" if config.curvature == "exact" else "ggn"
-    influence = GroupInfluence(task, theta, X, y, curvature, hf=config.target_curvature, group_hessian=group_hessian)
+    influence = GroupInfluence(task, theta, X, y, curvature, hf=config.target_kind, group_hessian=group_hessian)
     wanted = [m for m in config.methods if m in INFLUENCE_METHODS]
     basu = any("B" in m for m in wanted)
     estimates = influence.estimate(groups, basu=basu)
@@ -406,6 +418,7 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
         "n_train": n,
         "group_size": group_size,
         "damping": influence.curvature.damping,
+        "target_curvature": config.target_kind,
         # One draw: its Spearman; several: the mean over draws, each draw's in spearman_per_draw.
         "spearman": {method: stats["mean"] for method, stats in summary.items()},
         "runtime_s": timings | {"methods": runtimes},
@@ -454,7 +467,7 @@ def run_faithfulness(config: FaithfulnessConfig, out: Path) -> dict:
 
 def format_table(results: dict) -> str:
     """A markdown table of the Spearman correlations and each method's run time (with several draws: their
-    mean, spread and a table of every draw)."""
+    mean, spread and a table of every draw; with a damping sweep: its table)."""
     runtimes = results["runtime_s"]["methods"]
     summary = results.get("spearman_summary")
     if summary is None:
@@ -475,6 +488,12 @@ def format_table(results: dict) -> str:
         for draw in results["spearman_per_draw"]:
             cells = " | ".join(f"{draw['spearman'][m]:.4f}" for m in methods)
             lines.append(f"| {draw['anchor_seed']} | {cells} |")
+    if "damping_sweep" in results:
+        sweep = results["damping_sweep"]
+        methods = list(next(iter(sweep.values())))
+        lines += ["", "damping sweep: Spearman at each ρ", "", "| ρ | " + " | ".join(methods) + " |"]
+        lines.append("|---" * (len(methods) + 1) + "|")
+        lines += [f"| {rho} | " + " | ".join(f"{row[m]:.4f}" for m in methods) + " |" for rho, row in sweep.items()]
     agreement = results.get("truth_seed_agreement")
     if agreement is not None:
         ceiling = max(agreement["reliability"], 0.0) ** 0.5
@@ -492,7 +511,7 @@ def write_report(results: dict, out: Path) -> None:
     config = results["config"]
     title = f"{config['data']} / {config['model']}"
     header = f"# Faithfulness: {title}\n\n{results['n_train']} training examples, {len(results['groups'])} groups"
-    header += f" of {results['group_size']}, damping {results['damping']:.3g}\n\n"
+    header += f" of {results['group_size']}, damping {results['damping']:.3g}, H_f {results['target_curvature']}\n\n"
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(header + format_table(results) + "\n")
     spearman_bars({title: results["spearman"]}, out / "spearman.png")

@@ -2,10 +2,11 @@
 
 A selection problem (``pools.build_problem``: clean, targeted, redundant or noisy pool) is drawn and
 ``θ*`` is trained on the pool (MLP with dropout). Per-candidate inputs are computed once: influence
-features (shifts from the damped training curvature, the target's Gauss–Newton products, Basu's factors),
-and, for the baselines that need them, per-example gradients, the target's gradients and penultimate-layer
-features. Every method selects at each budget; each subset is retrained from scratch over several seeds and
-scored by held-out test loss; class entropy and the regime's purity describe the subsets.
+features (shifts from the damped training curvature, ``H_f`` products, by default the target's per-layer
+Gauss–Newton blocks, and Basu's factors), and, for the baselines that need them, per-example gradients, the
+target's gradients and penultimate-layer features. Every method selects at each budget; each subset is
+retrained from scratch over several seeds and scored by held-out test loss; class entropy and the regime's
+purity describe the subsets.
 
 The target ``f`` is the mean loss on the target set (validation examples outside the pool), so the test
 split used for the reported loss is never seen by any selection method. ``interaction_scale="auto"``
@@ -44,7 +45,7 @@ from groupinf.losses import CrossEntropy
 from groupinf.methods import METHODS, PoolInputs, run_method
 from groupinf.models import mlp
 from groupinf.selection import SCALE_GRID, InteractionFactors, InteractionScale, check_interaction_scale, greedy_select
-from groupinf.target import TARGET_KINDS, mean_loss, target_curvature
+from groupinf.target import NETWORK_TARGET_CURVATURE, TARGET_KINDS, mean_loss, target_curvature
 from groupinf.task import Task
 from groupinf.training import SGDConfig, train_sgd
 
@@ -76,7 +77,7 @@ class SelectionEvalConfig:
     methods: tuple[str, ...] = tuple(METHODS)
     curvature: str = "ekfac"
     damping: Damping = 0.01
-    target_curvature: str = "ggn"
+    target_curvature: str = NETWORK_TARGET_CURVATURE  # θ* is an MLP: the networks' default H_f
     workers: int = 2
     regime: PoolRegime = field(default_factory=PoolRegime)
     interaction_scale: InteractionScale = "auto"

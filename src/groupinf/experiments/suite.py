@@ -66,13 +66,14 @@ def available(config: FaithfulnessConfig) -> bool:
     return True
 
 
-def run_suite(name: str, out: Path, data_dir: str | None = None) -> str:
-    """Run the suite; write ``out/suite.md`` and ``out/suite.png``; return the markdown table."""
+def run_suite(name: str, out: Path, data_dir: str | None = None, **overrides: object) -> str:
+    """Run the suite, every setting with the ``FaithfulnessConfig`` fields ``overrides`` replaced (e.g.
+    ``target_curvature``); write ``out/suite.md`` and ``out/suite.png``; return the markdown table."""
     if name != "cpu":
         raise ValueError(f"unknown suite {name!r}; choose 'cpu'")
-    settings = dict(CPU_SUITE)
+    settings = {key: replace(config, **overrides) for key, config in CPU_SUITE.items()}
     for key, config in OPTIONAL_SUITE.items():
-        candidate = replace(config, data_dir=data_dir)
+        candidate = replace(config, data_dir=data_dir, **overrides)
         if data_dir is not None and available(candidate):
             settings[key] = candidate
     spearman, lines = {}, []
@@ -82,10 +83,11 @@ def run_suite(name: str, out: Path, data_dir: str | None = None) -> str:
         spearman[key] = results["spearman"]
         lines.append((key, results, time.perf_counter() - start))
     methods = list(next(iter(spearman.values())))
-    header = "| setting | draws | " + " | ".join(methods) + " | truth reliability | seconds |"
-    table = [header, "|---|" + "---|" * (len(methods) + 3)]
+    header = "| setting | draws | H_f | " + " | ".join(methods) + " | truth reliability | seconds |"
+    table = [header, "|---|" + "---|" * (len(methods) + 4)]
     for key, results, seconds in lines:
-        cells = [str(results["config"]["draws"])] + [f"{results['spearman'][m]:.3f}" for m in methods]
+        cells = [str(results["config"]["draws"]), results["target_curvature"]]
+        cells += [f"{results['spearman'][m]:.3f}" for m in methods]
         agreement = results.get("truth_seed_agreement")
         if agreement is not None:
             cells.append(f"{agreement['reliability']:.3f}")

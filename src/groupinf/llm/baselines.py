@@ -12,7 +12,8 @@ LESS (Xia et al. 2024), at the warmup checkpoint(s):
   bias corrections and puts ε under the root; both change ``Γ_i`` by nearly a constant factor, which the
   cosine ignores);
 - target example ``j``: its plain gradient ``g_j``;
-- both projected by one seeded Gaussian matrix ``(dim, p)`` with entries ``N(0, 1/dim)``;
+- both projected by one seeded Gaussian matrix ``(dim, p)`` with entries ``N(0, 1/dim)``
+  (``groupinf.projection``, float64 on the CPU, seeded by the extraction's seed);
 - score ``s_i = max_{subtask T} (1/|T|) Σ_{j∈T} Σ_c η̄_c cos(PΓ_i^c, Pg_j^c)`` with ``η̄_c`` the learning
   rate weight of checkpoint ``c`` normalised to sum 1.
 
@@ -27,7 +28,6 @@ over target examples.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from groupinf import projection
 from groupinf.coresets import cosine_matrix
 from groupinf.llm.data import IGNORE_INDEX, Encoded, collate, to_messages
 
@@ -111,11 +112,12 @@ def per_example_gradients(model: nn.Module, examples: Sequence[Encoded], padding
 
 
 def gaussian_projection(dim_in: int, dim: int, seed: int) -> Tensor:
-    """``(dim, dim_in)`` float64 matrix with entries ``N(0, 1/dim)`` from a generator seeded by ``seed``."""
-    if dim < 1:
-        raise ValueError(f"projection dim must be >= 1, got {dim}")
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(dim, dim_in, generator=generator, dtype=torch.float64) / math.sqrt(dim)
+    """LESS's projection ``(dim, dim_in)``: float64, entries ``N(0, 1/dim)``, drawn on the CPU from ``seed``.
+
+    ``groupinf.projection.gaussian_projection`` with LESS's conventions; note the argument order
+    (input dimension first, as the experiment calls it).
+    """
+    return projection.gaussian_projection(dim, dim_in, seed, dtype=torch.float64)
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,18 @@ every example's projected gradient: no batch-size-1 loop, no full per-example gr
 starts at the loss of the whole batch and ends at the token embeddings (no parameter gradients are
 formed); examples do not interact in a causal LM, so example ``b``'s output gradient is that of ``l_b``.
 
-``P_i`` ``(r_in, d_in)`` and ``P_o`` ``(r_out, d_out)`` are Gaussian with entries ``N(0, 1/r)`` (so
-``E[PᵀP] = I`` and inner products are preserved in expectation), drawn on the CPU from a generator seeded by
-the seed and the layer's name: every process and every run draws the same matrices. ``identity`` uses
-``P = I`` (``r`` = the layer's dims): the projected gradient is then the full weight gradient.
+``P_i`` ``(r_in, d_in)`` and ``P_o`` ``(r_out, d_out)`` are the Gaussian projections of
+``groupinf.projection`` (entries ``N(0, 1/r)``, so ``E[PᵀP] = I`` and inner products are preserved in
+expectation), in torch's default dtype (float32), drawn on the CPU from a generator seeded by
+``example_seed(seed, crc32("name:side"))``, a mix of the run's seed and the layer's name: every process and
+every run draws the same matrices. ``identity`` uses ``P = I`` (``r`` = the layer's dims): the projected
+gradient is then the full weight gradient.
 A layer's gradient is laid out row-major ``(r_out, r_in)``; layers follow the order of ``specs``.
 Biases are not attributed.
 """
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from groupinf.llm.objective import example_seed, response_nll, sample_labels
+from groupinf.projection import gaussian_projection
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ def projection_matrix(spec: LayerSpec, side: str, kind: str, seed: int) -> Tenso
     rank, dim = (spec.r_in, spec.d_in) if side == "in" else (spec.r_out, spec.d_out)
     if kind == "identity":
         return torch.eye(dim)
-    generator = torch.Generator().manual_seed(example_seed(seed, zlib.crc32(f"{spec.name}:{side}".encode())))
-    return torch.randn(rank, dim, generator=generator) / math.sqrt(rank)
+    layer_seed = example_seed(seed, zlib.crc32(f"{spec.name}:{side}".encode()))
+    return gaussian_projection(rank, dim, layer_seed)
 
 
 @dataclass
