@@ -64,6 +64,8 @@ from groupinf.stages import Stage, Stages
 
 #: the files of a target: its selection target (instruction format), and task files for scoring
 SPLITS = ("dev", "val", "eval")
+#: the row of F+I at the α that the scale study's val scores choose
+VAL_CHOSEN = "F+I (α on val)"
 #: the bounds reported beside the methods: the whole pool, and no fine-tuning
 BOUNDS = ("Full pool", "Base")
 
@@ -516,8 +518,20 @@ def scale_study(
                     stages.run(stage, score, path, run / "adapter", spec, split)
                     results[split][seed] = json.loads(path.read_text())
             rows[f"{alpha:g}"] = {split: seed_summary(per_seed) for split, per_seed in results.items()}
-        study[name] = {"chosen": chosen[name], "scales": rows}
+            rows[f"{alpha:g}"]["indices"] = indices
+        best = max(rows, key=lambda alpha: rows[alpha]["val"]["mean"])
+        study[name] = {"chosen": chosen[name], "val_best": float(best), "scales": rows}
     return study
+
+
+def val_chosen_row(study: dict[str, Any], pool_records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row ``VAL_CHOSEN``: per target, the eval scores of F+I at the α of the study with the best mean
+    val score (α chosen without the eval file), with the composition of that selection."""
+    row = {}
+    for name, entry in study.items():
+        cell = entry["scales"][f"{entry['val_best']:g}"]
+        row[name] = {**cell["eval"], **composition([cell["indices"]], pool_records)}
+    return row
 
 
 def seed_summary(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -572,13 +586,13 @@ def summarise(
 
 def paired_differences(table: dict[str, Any], reference: str = "F+I") -> dict[str, Any]:
     """``{target: {"F+I − X": {mean, std, seeds}}}``: the reference's score minus each other method's under
-    the same seed (bounds excluded)."""
+    the same seed (bounds and the F+I rows excluded)."""
     paired: dict[str, Any] = {}
     if reference not in table:
         return paired
     for name, cell in table[reference].items():
         for label, row in table.items():
-            if label == reference or label in BOUNDS:
+            if label in (reference, "F+I", VAL_CHOSEN) or label in BOUNDS:
                 continue
             diffs = {s: cell["seeds"][s] - row[name]["seeds"][s] for s in cell["seeds"]}
             values = torch.tensor(list(diffs.values()), dtype=torch.float64)
@@ -632,12 +646,16 @@ def markdown(document: dict[str, Any]) -> str:
         setting = document["settings"]["select"]["interaction_scale"]
         lines += ["", f"F+I's interaction scale α per target (setting: {setting}): {scales}."]
     if document.get("scale_study"):
-        lines += ["", "F+I at fixed α (mean ± std over seeds), scored on val and on eval.", ""]
+        lines += ["", "F+I at fixed α (mean ± std over seeds), scored on val and on eval; marked: the α that"]
+        lines += [f"select chose, and the best on val (the row {VAL_CHOSEN}).", ""]
         lines += ["| target | α | val | eval |", "|---|---|---|---|"]
         for name, entry in document["scale_study"].items():
             for alpha, row in entry["scales"].items():
+                candidates = (("select", entry["chosen"]), ("val-best", entry["val_best"]))
+                marks = [mark for mark, value in candidates if value == float(alpha)]
                 cells = " | ".join(f"{row[split]['mean']:.1f} ± {row[split]['std']:.1f}" for split in ("val", "eval"))
-                lines.append(f"| {name} | {alpha} | {cells} |")
+                label = f"{alpha} ({', '.join(marks)})" if marks else alpha
+                lines.append(f"| {name} | {label} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -706,12 +724,18 @@ def _run(plan: Plan, config_path: str | Path, out: Path, start: float, stages: S
             "finetune": as_dict(finetune_config(plan, plan.experiment.seeds[0])) | {"seed": "per run"},
         },
         "results": table,
-        "paired": paired_differences(table),
+        "paired": {},
     }
     if (out / "select" / "run.json").is_file():
         document["interaction_scale"] = json.loads((out / "select" / "run.json").read_text())["interaction_scale"]
     if plan.experiment.scale_study:
-        document["scale_study"] = scale_study(plan, model, pool, targets, out, k, stages)
+        document["scale_study"] = study = scale_study(plan, model, pool, targets, out, k, stages)
+        methods = {label: row for label, row in table.items() if label not in BOUNDS}
+        bounds = {label: row for label, row in table.items() if label in BOUNDS}
+        table = document["results"] = methods | {VAL_CHOSEN: val_chosen_row(study, pool_records)} | bounds
+    for reference in ("F+I", VAL_CHOSEN):
+        for name, pairs in paired_differences(table, reference).items():
+            document["paired"].setdefault(name, {}).update(pairs)
     document["seconds_this_run"] = time.perf_counter() - start
     atomic_write_json(out / "results.json", document)
     with atomic_path(out / "results.md") as tmp:
