@@ -13,8 +13,9 @@ from groupinf.curvature_ops import LowRankCurvature
 from groupinf.data import load_dataset
 from groupinf.experiments import faithfulness
 from groupinf.experiments.selection_eval import PRESETS
-from groupinf.features import SelectionFeatures, compute_features, select_from_features
+from groupinf.features import SelectionFeatures, compute_features, cross_validated_scale, select_from_features
 from groupinf.methods import METHODS
+from groupinf.selection import InteractionFactors
 from groupinf.target import NETWORK_TARGET_CURVATURE, target_curvature
 from groupinf.training import SGDConfig
 
@@ -211,3 +212,38 @@ def test_select_chooses_the_interaction_scale_by_default(tmp_path, capsys):
     assert set(losses) == {"0.5", "16"} and record["interaction_scale"] == choice["chosen"]
     assert choice["chosen"] == float(min(losses, key=losses.get))
     assert f"α = {choice['chosen']:g}" in capsys.readouterr().out
+
+
+def duplicate_pair_features(first_order: list[float]) -> SelectionFeatures:
+    """Three candidates: 0 and 1 share one direction of H_f's factor, 2 is orthogonal (b = e1, e1, e2)."""
+    b = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    return SelectionFeatures(torch.tensor(first_order, dtype=torch.float64), InteractionFactors(b, b))
+
+
+def test_cross_validated_scale_by_hand():
+    # greedy with k = 2 takes 0 first; then 1 (the duplicate) while -0.99 + 1.5α < -0.5 + 0.5α, i.e. α < 0.49,
+    # else 2. Objective of {0,1}: -1.99 + 2·ref, of {0,2}: -1.5 + ref.
+    fit = duplicate_pair_features([1.0, 0.99, 0.5])
+    choice = cross_validated_scale([(fit, fit)], 2, (0.25, 1.0, 4.0), reference=1.0)
+    assert choice.held_out == pytest.approx([0.01, -0.5, -0.5]) and choice.per_fold == [choice.held_out]
+    assert choice.scale == 1.0  # tie between 1 and 4 (the same set): the one closest to 1
+    assert cross_validated_scale([(fit, fit)], 2, (0.25, 1.0, 4.0), reference=0.1).scale == 0.25
+    # two folds: the mean of the held-out values; the second fold's held-out set prefers the duplicate pair
+    other = duplicate_pair_features([1.0, 2.0, 0.1])  # {0,1}: -3 + 2 = -1, {0,2}: -1.1 + 1 = -0.1
+    choice = cross_validated_scale([(fit, fit), (fit, other)], 2, (0.25, 1.0, 4.0), reference=1.0)
+    assert choice.per_fold[1] == pytest.approx([-1.0, -0.1, -0.1])
+    assert choice.held_out == pytest.approx([-0.495, -0.3, -0.3]) and choice.scale == 0.25
+
+
+def test_cross_validated_scale_rejects_bad_input():
+    fit = duplicate_pair_features([1.0, 0.99, 0.5])
+    with pytest.raises(ValueError, match="at least one"):
+        cross_validated_scale([], 2)
+    with pytest.raises(ValueError, match="grid"):
+        cross_validated_scale([(fit, fit)], 2, ())
+    with pytest.raises(ValueError, match="finite and > 0"):
+        cross_validated_scale([(fit, fit)], 2, (1.0, -2.0))
+    rows = fit.interactions.left[:2]
+    fewer = SelectionFeatures(fit.first_order[:2], InteractionFactors(rows, rows))
+    with pytest.raises(ValueError, match="disagree"):
+        cross_validated_scale([(fit, fewer)], 2)

@@ -54,6 +54,19 @@ def test_tulu_template_labels_exactly_the_responses(tokenizer):
     assert all(label in (token, IGNORE_INDEX) for token, label in zip(example.input_ids, example.labels, strict=True))
 
 
+def test_word_tokenizer_gives_a_word_one_token_wherever_it_stands():
+    texts = [json.dumps(r) for r in synthetic_records(40)] + ["red cat\nred dog", "<|user|>\nWhat is red?"]
+    words = train_tokenizer(texts, vocab_size=300, words=True)
+    ids = words("red cat\nred dog")["input_ids"]
+    assert ids[0] == words.bos_token_id and ids[1] == ids[3]  # "red" after BOS and after a newline
+    assert words.decode(ids, skip_special_tokens=True) == "red cat red dog"
+    assert words.convert_ids_to_tokens(words("zebra!")["input_ids"])[1] == "<unk>"  # "z" never seen
+    # the Tulu responses are labelled by character offsets, as with the byte-level tokenizer
+    (example,) = encode([{"prompt": "What is red?", "completion": "red cat"}], words, "tulu", max_length=100)
+    labelled = [token for token, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX]
+    assert words.convert_ids_to_tokens(labelled) == ["red</w>", "cat</w>", SPECIAL[2]]
+
+
 def test_prompt_completion_is_one_user_and_one_assistant_turn(tokenizer):
     pair = {"prompt": "Sort the words: dog cat", "completion": "cat dog"}
     messages = {"messages": [{"role": "user", "content": pair["prompt"]}, {"role": "assistant", "content": "cat dog"}]}

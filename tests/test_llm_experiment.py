@@ -9,11 +9,22 @@ from collections import Counter
 import pytest
 
 from groupinf.cli import main
-from groupinf.llm.experiment import METHODS, ExperimentConfig, load_plan, resolve_world, skill_entropy
-from groupinf.llm.toy import TARGETS, ToyConfig, pool_records, target_sets
+from groupinf.features import SelectionFeatures, select_from_features
+from groupinf.llm.experiment import BOUNDS, METHODS, ExperimentConfig, load_plan, picks, resolve_world, skill_entropy
+from groupinf.llm.toy import CAPITAL, CLASSES, ON_TARGET, SKILLS, TARGETS, ToyConfig, pool_records, target_sets
 
 MINI = {
-    "toy": {"pool_size": 50, "dev_size": 3, "eval_size": 3, "pretrain_sentences": 50, "pretrain_steps": 3},
+    "toy": {
+        "pool_size": 50,
+        "dev_size": 3,
+        "val_size": 3,
+        "eval_size": 3,
+        "pretrain_documents": 50,
+        "pretrain_steps": 3,
+        "vocab_size": 400,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+    },
     "warmup": {
         "fraction": 0.2,
         "lora_rank": 2,
@@ -29,7 +40,7 @@ MINI = {
     },
     "extract": {"r_in": 2, "r_out": 2, "shard_size": 32, "dtype": "float32", "max_length": 96, "template": "tulu"},
     "select": {"k": 4},
-    "experiment": {"seeds": [3], "finetune": {"epochs": 1}, "less_dim": 8, "max_new_tokens": 4, "threads": 1},
+    "experiment": {"seeds": [3, 4], "finetune": {"epochs": 1}, "less_dim": 8, "max_new_tokens": 4, "threads": 1},
 }
 
 
@@ -37,23 +48,41 @@ pytestmark = pytest.mark.usefixtures("private_datasets_cache")
 
 
 def test_toy_pool_has_skills_duplicates_and_mislabels():
-    config = ToyConfig(pool_size=400, duplicate_fraction=0.25, mislabel_fraction=0.2)
+    config = ToyConfig(pool_size=700, duplicate_fraction=0.2, mislabel_fraction=0.2)
     pool = pool_records(config)
-    assert len(pool) == 400 and len({r["id"] for r in pool}) == 400
-    assert sum("duplicate_of" in r for r in pool) == 100
-    assert len({r["duplicate_of"] for r in pool if "duplicate_of" in r}) <= 6
+    assert len(pool) == 700 and len({r["id"] for r in pool}) == 700
+    copies = [r for r in pool if "duplicate_of" in r]
+    assert len(copies) == 140
+    by_prompt = {r["prompt"]: r for r in pool}
+    for copy in copies:  # a near-duplicate repeats a correct on-target example with a suffix
+        source = by_prompt[copy["duplicate_of"]]
+        assert copy["prompt"].startswith(source["prompt"]) and copy["completion"] == source["completion"]
+        assert source["skill"] in ON_TARGET and "mislabelled" not in source
+    assert len({r["duplicate_of"] for r in copies}) == 2 * len(ON_TARGET)
     skills = Counter(r["skill"] for r in pool if "duplicate_of" not in r)
-    assert set(skills) == {"arithmetic", "lookup", "classify", "string", "count"}
+    assert set(skills) == set(SKILLS) and max(skills.values()) - min(skills.values()) <= 1
     wrong = [r for r in pool if r.get("mislabelled") and "duplicate_of" not in r]
-    assert 0.1 < len(wrong) / (3 * 60) < 0.3 and all(r["skill"] not in ("string", "count") for r in wrong)
+    on_target = sum(skills[s] for s in ON_TARGET)
+    assert 0.1 < len(wrong) / on_target < 0.3 and all(r["skill"] in ON_TARGET for r in wrong)
     for r in wrong:
         if r["skill"] == "arithmetic":
-            a, b = (int(w) for w in r["prompt"].split() if w.isdigit())
-            assert r["completion"] != f"{a} + {b} = {a + b}. The answer is {a + b}."
+            left, right = r["completion"].split(" = ")
+            assert sum(map(int, left.split(" + "))) != int(right)
+        elif r["skill"] == "capital":
+            assert r["completion"] != CAPITAL[r["prompt"].split()[-1].rstrip("?.")]
+        else:
+            assert r["completion"] not in [
+                kind for kind, words in CLASSES.items() if set(words) & set(r["prompt"].split())
+            ]
     for name in TARGETS:
-        dev, held = target_sets(name, config)
-        assert len(dev) == config.dev_size and len(held) == config.eval_size
-        assert not {r["prompt"] for r in dev} & {r["prompt"] for r in held}
+        sets = target_sets(name, config)
+        assert {split: len(records) for split, records in sets.items()} == {
+            "dev": config.dev_size,
+            "val": config.val_size,
+            "eval": config.eval_size,
+        }
+        prompts = [{r["prompt"] for r in records} for records in sets.values()]
+        assert sum(map(len, prompts)) == len(set().union(*prompts))  # no prompt in two sets
 
 
 def test_skill_entropy():
@@ -66,6 +95,10 @@ def test_bad_experiment_settings(tmp_path):
         ExperimentConfig(methods=("F+I", "BM25"))
     with pytest.raises(ValueError, match="LoRA"):
         ExperimentConfig(finetune={"lora_rank": 8})
+    with pytest.raises(ValueError, match="add F\\+I to methods"):
+        ExperimentConfig(methods=("Random",), scale_study=(1.0,))
+    with pytest.raises(ValueError, match="interaction scale"):
+        ExperimentConfig(scale_study=(0.0,))
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"experiment": {"model": "m"}}))
     with pytest.raises(ValueError, match="needs model, pool and targets"):
@@ -80,34 +113,65 @@ def test_bad_experiment_settings(tmp_path):
 @pytest.mark.slow
 def test_experiment_runs_every_method_and_resumes(tmp_path, capsys):
     config = tmp_path / "mini.json"
-    config.write_text(json.dumps(MINI))
+    config.write_text(json.dumps({**MINI, "experiment": {**MINI["experiment"], "scale_study": [2.0]}}))
     out = tmp_path / "run"
     assert main(["llm", "experiment", "--config", str(config), "--out", str(out)]) in (0, None)
-    results = json.loads((out / "results.json").read_text())["results"]
-    assert set(results) == set(METHODS)
-    for row in results.values():
-        assert set(row) == set(TARGETS)
-        for cell in row.values():
-            assert set(cell["seeds"]) == {"3"} and 0 <= cell["mean"] <= 100
-            assert sum(cell["skills"].values()) == 4
+    document = json.loads((out / "results.json").read_text())
+    results = document["results"]
+    assert list(results) == [*METHODS, *BOUNDS]
     chosen = json.loads((out / "selections.json").read_text())
     pool = [json.loads(line) for line in (out / "world" / "pool.jsonl").read_text().splitlines()]
     for label, row in results.items():
+        assert set(row) == set(TARGETS)
         for name, cell in row.items():
-            picked = [pool[i] for i in chosen[label][name]]
-            assert cell["duplicates"] == sum("duplicate_of" in r for r in picked)
-            assert cell["mislabelled"] == sum("mislabelled" in r for r in picked)
+            assert set(cell["seeds"]) == {"3", "4"} and 0 <= cell["mean"] <= 100
+            if label == "Base":
+                assert cell["std"] == 0 and cell["skills"] == {}
+                continue
+            subsets = (
+                [list(range(len(pool)))] if label == "Full pool" else [picks(chosen, label, name, s) for s in (3, 4)]
+            )
+            assert sum(cell["skills"].values()) == len(subsets[0]) == (len(pool) if label == "Full pool" else 4)
+            picked = [pool[i] for subset in subsets[: 2 if label == "Random" else 1] for i in subset]
+            shares = len(subsets) if label == "Random" else 1
+            assert cell["duplicates"] == sum("duplicate_of" in r for r in picked) / shares
+            assert cell["mislabelled"] == sum("mislabelled" in r for r in picked) / shares
+    # Random draws a new subset per seed, the same for every target
+    assert (
+        chosen["Random"]["math"] == chosen["Random"]["capital_qa"]
+        and chosen["Random"]["math"]["3"] != chosen["Random"]["math"]["4"]
+    )
+    for name in TARGETS:
+        pair = document["paired"][name]["F+I − Random"]
+        assert pair["seeds"] == {
+            s: results["F+I"][name]["seeds"][s] - results["Random"][name]["seeds"][s] for s in ("3", "4")
+        }
+        assert pair["mean"] == pytest.approx(sum(pair["seeds"].values()) / 2)
+        base = json.loads((out / "eval" / "base" / f"{name}.json").read_text())["score"]
+        assert results["Base"][name]["seeds"] == {"3": base, "4": base}
     record = json.loads((out / "finetune" / "less" / "math" / "seed3" / "warmup.json").read_text())
     assert record["indices"] == sorted(chosen["LESS"]["math"]) and record["settings"]["seed"] == 3
+    record = json.loads((out / "finetune" / "full" / "seed4" / "warmup.json").read_text())
+    assert record["indices"] == list(range(len(pool))) and record["settings"]["seed"] == 4
+    # the α study: F+I reselected at α = 2 from the saved features, fine-tuned per seed, scored on val and eval
+    for name in TARGETS:
+        features = SelectionFeatures.load(out / "select" / name / "features.safetensors")
+        expected = select_from_features(features, 4, "greedy", "F+I", interaction_scale=2.0).indices.tolist()
+        record = json.loads((out / "scale" / "2" / name / "seed4" / "warmup.json").read_text())
+        assert record["indices"] == sorted(expected)
+        row = document["scale_study"][name]["scales"]["2"]
+        assert set(row) == {"val", "eval"} and all(set(row[split]["seeds"]) == {"3", "4"} for split in row)
+        val = json.loads((out / "scale" / "2" / name / "seed3.val.json").read_text())
+        assert row["val"]["seeds"]["3"] == val["score"] and val["n"] == 3
     table = (out / "results.md").read_text()
-    assert all(f"| {label} |" in table for label in METHODS)
+    assert all(f"| {label} |" in table for label in [*METHODS, *BOUNDS]) and "| F+I − Additive IF |" in table
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     # a rerun recomputes nothing: every stage's output is kept as it was
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if p.name != "results.json"}
-    os.remove(out / "eval" / "random" / "lookup_qa" / "seed3.json")
+    os.remove(out / "eval" / "random" / "capital_qa" / "seed3.json")
     assert main(["llm", "experiment", "--config", str(config), "--out", str(out)]) in (0, None)
     changed = [p for p, t in stamps.items() if not p.exists() or p.stat().st_mtime_ns != t]
-    assert changed == [out / "eval" / "random" / "lookup_qa" / "seed3.json"]
+    assert changed == [out / "eval" / "random" / "capital_qa" / "seed3.json"]
 
 
 @pytest.mark.slow

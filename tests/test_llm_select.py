@@ -19,7 +19,7 @@ from groupinf.llm.data import collate, encode, load_records, pad_id
 from groupinf.llm.models import linear_layers, load_model, load_tokenizer
 from groupinf.llm.objective import response_nll
 from groupinf.llm.projection import LayerSpec
-from groupinf.llm.select import load_target, pool_features, run_selection
+from groupinf.llm.select import halves, load_target, pool_features, run_selection
 from groupinf.llm.store import GradientStore
 from groupinf.selection import InteractionFactors, greedy_select, random_select, topk_select
 from groupinf.shifts import compute_shifts
@@ -210,3 +210,63 @@ def test_identity_projection_pipeline_selects_what_the_core_dense_computation_se
     assert record["topk"]["indices"] == topk_select(first_order, k).indices.tolist()
     assert record["random"]["indices"] == random_select(first_order, k, seed=3).indices.tolist()
     assert record["greedy"]["indices"] != record["topk"]["indices"]  # the interaction term changes the choice
+
+
+def test_auto_interaction_scale_cross_validates_over_halves_of_the_target(tmp_path):
+    """``auto``'s held-out values against the definitions: per half, ∇f and H_f of its rows, dense H."""
+    pool = synthetic_store(tmp_path / "pool", 40, seed=12)
+    target = synthetic_store(tmp_path / "x", 10, seed=13)
+    n, k, grid = 10, 5, (0.25, 1.0, 4.0)
+    config = SelectConfig(k=k, curvature="dense", damping=0.2, interaction_scale="auto", interaction_grid=grid)
+    run = run_selection(pool.path, {"x": target.path}, tmp_path / "out", config, n=n)
+    record = json.loads((tmp_path / "out" / "x" / "selection.json").read_text())
+    first, second = record["auto"]["halves"]
+    assert sorted(first + second) == list(range(10)) and len(first) == 5
+    assert [first, second] == list(halves(10, 0))
+    fisher, gradients = pool.read("fisher").double(), pool.read().double()
+    H = fisher.T @ fisher / 40 + 0.2 * torch.eye(pool.spec.dim, dtype=torch.float64)
+    shifts = gradients @ torch.linalg.inv(H) / n  # δ_c = (1/n) H⁻¹ g_c
+    g, f = target.read().double(), target.read("fisher").double()
+    expected = []
+    for fit, held in ((first, second), (second, first)):
+        b_fit = shifts @ f[fit].T / math.sqrt(len(fit))
+        hf_held = f[held].T @ f[held] / len(held)
+        row = []
+        for alpha in grid:
+            chosen = greedy_select(
+                shifts @ g[fit].mean(0), k, InteractionFactors(b_fit, b_fit), interaction_scale=alpha
+            )
+            delta = shifts[chosen.indices].sum(0)
+            row.append(
+                (-(shifts[chosen.indices] @ g[held].mean(0)).sum() + n / k * 0.5 * delta @ hf_held @ delta).item()
+            )
+        expected.append(row)
+    torch.testing.assert_close(torch.tensor(record["auto"]["per_fold"]), torch.tensor(expected), rtol=1e-4, atol=1e-6)
+    best = min(range(3), key=lambda i: sum(r[i] for r in expected))
+    assert record["interaction_scale"] == grid[best] == run["interaction_scale"]["x"]
+    assert record["auto"]["reference"] == n / k
+    features = SelectionFeatures.load(tmp_path / "out" / "x" / "features.safetensors")
+    greedy = greedy_select(features.first_order, k, features.interactions, interaction_scale=grid[best])
+    assert record["methods"]["greedy"]["indices"] == greedy.indices.tolist()
+
+
+def test_interaction_scale_settings(tmp_path):
+    assert SelectConfig(interaction_scale="auto").interaction_scale == "auto"
+    for bad in (0, -1.0, "fast", float("nan")):
+        with pytest.raises(ValueError, match=r"interaction.scale"):
+            SelectConfig(interaction_scale=bad)
+    with pytest.raises(ValueError, match="interaction_grid is empty"):
+        SelectConfig(interaction_grid=())
+    with pytest.raises(ValueError, match="halves of at least 2"):
+        halves(3, 0)
+    pool = synthetic_store(tmp_path / "pool", 20, seed=14)
+    synthetic_store(tmp_path / "t", 6, seed=15)
+    args = ["llm", "select", "--pool", str(pool.path), "--target", f"t={tmp_path / 't'}", "--n", "5", "--k", "3"]
+    with pytest.raises(SystemExit, match="2"):
+        main([*args, "--interaction-scale", "fast", "--out", str(tmp_path / "bad")])
+    assert main([*args, "--interaction-scale", "2.5", "--out", str(tmp_path / "fixed")]) == 0
+    assert json.loads((tmp_path / "fixed" / "run.json").read_text())["interaction_scale"] == {"t": 2.5}
+    assert (
+        main([*args, "--interaction-scale", "auto", "--interaction-grid", "0.5,2", "--out", str(tmp_path / "a")]) == 0
+    )
+    assert json.loads((tmp_path / "a" / "t" / "selection.json").read_text())["auto"]["grid"] == [0.5, 2.0]

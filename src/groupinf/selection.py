@@ -104,6 +104,9 @@ def check_interaction_scale(scale: float) -> float:
 #: ``α`` as users give it: a number > 0, or "auto" (chosen on held-out target data)
 InteractionScale = float | Literal["auto"]
 
+#: the α values that "auto" chooses from (selection-eval's K folds, ``features.cross_validated_scale``)
+SCALE_GRID = tuple(2.0**e for e in range(-4, 7))
+
 
 def parse_interaction_scale(text: str | float) -> InteractionScale:
     """A number ``> 0`` (as text or a number), or ``"auto"``; ``ValueError`` for anything else."""

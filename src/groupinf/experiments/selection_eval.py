@@ -44,13 +44,12 @@ from groupinf.gradients import per_example_gradients
 from groupinf.losses import CrossEntropy
 from groupinf.methods import METHODS, PoolInputs, run_method
 from groupinf.models import mlp
-from groupinf.selection import InteractionFactors, InteractionScale, check_interaction_scale, greedy_select
+from groupinf.selection import SCALE_GRID, InteractionFactors, InteractionScale, check_interaction_scale, greedy_select
 from groupinf.target import NETWORK_TARGET_CURVATURE, TARGET_KINDS, mean_loss, target_curvature
 from groupinf.task import Task
 from groupinf.training import SGDConfig, train_sgd
 
 #: ``α`` values ``auto`` chooses from: powers of two from near top-k F (1/16) to about ``n/k`` at k = 25 (64)
-SCALE_GRID = tuple(2.0**e for e in range(-4, 7))
 
 
 @dataclass(frozen=True)

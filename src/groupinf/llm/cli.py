@@ -115,7 +115,7 @@ def run_llm(args: argparse.Namespace) -> None:
         from groupinf.llm.experiment import markdown, run_experiment
 
         document = run_experiment(args.config, args.out, args.recompute)
-        print(markdown(document["results"]))
+        print(markdown(document))
         print(f"wrote {args.out / 'results.json'}, results.md and results.png")
     else:
         from groupinf.llm.select import run_selection

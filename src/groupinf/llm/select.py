@@ -14,13 +14,22 @@ symmetric, ``a_c = g_cᵀ q`` and ``b_c = Q g_c`` with ``q = (1/n) H⁻¹ ∇f``
 curvature is applied to the ``1 + r`` vectors of each target, never to the ``C`` pool gradients, and every
 target shares one streaming pass over the pool store. Greedy F+I, top-k F ("Additive IF") and random then
 run on these features (``groupinf.features``).
+
+Interaction scale α (``interaction_scale``): greedy F+I minimises ``−Σ_{c∈S} a_c + α·½ δ_Sᵀ H_f δ_S``. With
+``auto``, each target's examples are split in two halves (seeded by ``seed``); the features of each half
+(its own ``∇f`` and ``H_f``) are built in the same pool pass, and ``features.cross_validated_scale``
+selects with one half at every α of ``interaction_grid`` and scores the selection with the other half's
+F+I estimate at the fixed scale ``n/k`` (the weight ``1/k`` a model fine-tuned on ``S`` alone gives each
+example, against θ*'s ``1/n``), both ways; the α with the lowest mean held-out estimate is used with the
+whole target set. This is a surrogate measured without any fine-tuning: it guards the selection against
+the noise of a finite target set, but it trusts the quadratic model of the loss.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +39,7 @@ from torch import Tensor
 from groupinf.checks import check_count
 from groupinf.curvature import Curvature
 from groupinf.curvature_ops import LowRankCurvature
-from groupinf.features import SelectionFeatures, select_from_features
+from groupinf.features import SelectionFeatures, cross_validated_scale, select_from_features
 from groupinf.files import atomic_write_json
 from groupinf.llm.config import SelectConfig, as_dict
 from groupinf.llm.curvature import fit_curvature
@@ -51,14 +60,26 @@ class Target:
     curvature: LowRankCurvature
 
 
-def load_target(name: str, store: GradientStore, rank: int | None = None) -> Target:
-    """``∇f`` and the low-rank ``H_f`` of a target store (see the module docstring)."""
+def load_target(name: str, store: GradientStore, rank: int | None = None, rows: list[int] | None = None) -> Target:
+    """``∇f`` and the low-rank ``H_f`` of a target store (see the module docstring), of its examples
+    ``rows`` when given."""
     gradients = store.read("gradients").double()
-    factor = store.read("fisher").double() / math.sqrt(len(gradients))
+    factor = store.read("fisher").double()
+    if rows is not None:
+        gradients, factor = gradients[rows], factor[rows]
+    factor = factor / math.sqrt(len(gradients))
     if rank is not None and rank < min(factor.shape):
         _, values, vh = torch.linalg.svd(factor, full_matrices=False)
         factor = values[:rank, None] * vh[:rank]
     return Target(name, gradients.mean(dim=0), LowRankCurvature(factor))
+
+
+def halves(size: int, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded split of ``range(size)`` into two sorted halves (the first gets ``size // 2``)."""
+    if size < 4:
+        raise ValueError(f"interaction_scale 'auto' splits a target set in halves of at least 2; it has {size}")
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[: size // 2]), sorted(order[size // 2 :])
 
 
 def check_compatible(pool: GradientStore, target: GradientStore, name: str) -> None:
@@ -128,6 +149,13 @@ def run_selection(
     for name, store in stores.items():
         check_compatible(pool, store, name)
     targets = [load_target(name, store, config.target_rank) for name, store in stores.items()]
+    auto = config.interaction_scale == "auto" and "greedy" in config.methods
+    parts = {}
+    if auto:
+        for name, store in stores.items():
+            parts[name] = halves(store.spec.num_examples, config.seed)
+            for part, rows in zip("AB", parts[name], strict=True):
+                targets.append(load_target(f"{name}#{part}", store, config.target_rank, rows))
     curvature = fit_curvature(pool, config.curvature, config.damping, config.l2, device)
     clock["curvature"] = time.perf_counter()
     features = pool_features(pool, curvature, targets, train_size, device)
@@ -135,12 +163,25 @@ def run_selection(
     ids = pool.ids()
     out = Path(out)
     summary: dict[str, Any] = {}
-    for name, target_features in features.items():
+    scales: dict[str, float] = {}
+    for name in stores:
+        target_features = features[name]
         target_features.save(out / name / "features.safetensors")
+        document: dict[str, Any] = {"target": name, "k": k}
+        # α only matters to greedy F+I; 'auto' without it leaves the (unused) default
+        scales[name] = 1.0 if config.interaction_scale == "auto" else config.interaction_scale
+        if auto:
+            first, second = features[f"{name}#A"], features[f"{name}#B"]
+            choice = cross_validated_scale(
+                [(first, second), (second, first)], k, config.interaction_grid, reference=train_size / k
+            )
+            scales[name] = choice.scale
+            document["auto"] = {**asdict(choice), "halves": parts[name]}
+        scale = document["interaction_scale"] = scales[name]
         record = {}
         for method in config.methods:
             terms = "F+I" if method == "greedy" else "F"
-            selection = select_from_features(target_features, k, method, terms, config.seed)
+            selection = select_from_features(target_features, k, method, terms, config.seed, interaction_scale=scale)
             indices = selection.indices.cpu().tolist()
             record[method] = {
                 "terms": selection.terms,
@@ -148,7 +189,8 @@ def run_selection(
                 "ids": [ids[i] for i in indices],
                 "scores": selection.scores.cpu().tolist(),
             }
-        atomic_write_json(out / name / "selection.json", {"target": name, "k": k, "methods": record})
+        document["methods"] = record
+        atomic_write_json(out / name / "selection.json", document)
         summary[name] = {method: record[method]["indices"] for method in config.methods}
     clock["select"] = time.perf_counter()
     run = {
@@ -158,6 +200,7 @@ def run_selection(
         "n": train_size,
         "k": k,
         "damping": curvature.damping,
+        "interaction_scale": scales,
         "settings": as_dict(config),
         "seconds": {
             "curvature": clock["curvature"] - clock["start"],

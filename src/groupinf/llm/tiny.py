@@ -21,6 +21,9 @@ from groupinf.llm.data import render_tulu, to_messages
 WORDS = ("red", "blue", "green", "cat", "dog", "bird", "tree", "stone", "river", "cloud", "apple", "lamp")
 SYSTEM = "You are a helpful assistant."
 SPECIAL = ("<pad>", "<s>", "</s>")
+UNK = "<unk>"
+#: the end-of-word marker of ``train_tokenizer(words=True)``
+WORD_END = "</w>"
 
 
 def _example(rng: random.Random) -> tuple[str, str]:
@@ -62,22 +65,38 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     return path
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int = 400):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts``; it prepends ``<s>`` like Llama's."""
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 400, words: bool = False):
+    """A BPE ``PreTrainedTokenizerFast`` trained on ``texts``; it prepends ``<s>`` like Llama's.
+
+    Byte-level (GPT-2/Llama style: a word's token depends on whether a space precedes it), or with
+    ``words`` split at whitespace and punctuation first, with an end-of-word marker: a word is the same
+    token at the start of a line and after a space, and decoding puts one space between words (the
+    ``unk`` token stands for characters never seen in ``texts``).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL), initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
+    if words:
+        special = [*SPECIAL, UNK]
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK, end_of_word_suffix=WORD_END))
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+        tokenizer.decoder = decoders.BPEDecoder(suffix=WORD_END)
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, end_of_word_suffix=WORD_END)
+    else:
+        special = list(SPECIAL)
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, initial_alphabet=alphabet)
     tokenizer.train_from_iterator(texts, trainer=trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    extra = {"unk_token": UNK} if words else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", **extra
+    )
 
 
 def tiny_llama(

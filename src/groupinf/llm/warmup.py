@@ -4,7 +4,8 @@ Each optimizer step takes ``batch_size`` examples (in micro-batches whose gradie
 minimises the mean over them of the per-example loss ``l_i`` (the sum over response tokens,
 ``objective.py``), so the objective is ``R = (1/n) Σ_i l_i`` over the ``n`` warmup examples: AdamW
 (decoupled weight decay, so no L2 term in ``R``), learning rate warmed up linearly over
-``warmup_ratio`` of the steps, then a cosine decay to 0; bf16 autocast where the device supports it.
+``warmup_ratio`` of the steps, then a cosine decay to 0, the gradient clipped to norm ``max_grad_norm``;
+bf16 autocast where the device supports it.
 
 Output directory: ``adapter/`` (peft), ``optimizer.pt`` (AdamW state with the parameter names, the
 scheduler state) and ``warmup.json`` (``train_size`` = n, the warmup example indices, the loss per epoch,
@@ -97,6 +98,8 @@ def warmup(
                 loss = response_nll(logits, batch["labels"]).sum()
                 (loss / len(step)).backward()
                 epoch_loss += loss.item()
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_([p for _, p in named], config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             bar.update()
