@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,11 +62,26 @@ def test_word_tokenizer_gives_a_word_one_token_wherever_it_stands():
     ids = words("red cat\nred dog")["input_ids"]
     assert ids[0] == words.bos_token_id and ids[1] == ids[3]  # "red" after BOS and after a newline
     assert words.decode(ids, skip_special_tokens=True) == "red cat red dog"
-    assert words.convert_ids_to_tokens(words("zebra!")["input_ids"])[1] == "<unk>"  # "z" never seen
+    assert "<unk>" in words.convert_ids_to_tokens(words("zebra!")["input_ids"])  # "z" never seen
     # the Tulu responses are labelled by character offsets, as with the byte-level tokenizer
     (example,) = encode([{"prompt": "What is red?", "completion": "red cat"}], words, "tulu", max_length=100)
     labelled = [token for token, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX]
-    assert words.convert_ids_to_tokens(labelled) == ["red</w>", "cat</w>", SPECIAL[2]]
+    assert words.convert_ids_to_tokens(labelled) == ["▁red", "▁cat", SPECIAL[2]]
+
+
+@pytest.mark.parametrize("words", [True, False])
+def test_tokenizer_ids_are_the_same_in_every_process(words):
+    """The token ids, and with them a model pre-trained on them, do not depend on the process (a BPE trainer
+    that numbers its starting symbols in hash-map order, which Rust seeds per process, fails this)."""
+    code = (
+        "import sys; from groupinf.llm.tiny import train_tokenizer; "
+        "texts = ['a cat is red.', 'the dog is blue!', 'my 3 pigs: 1 + 2 = 3', 'zebra quilt jovial'] * 20; "
+        f"sys.stdout.write(train_tokenizer(texts, 80, words={words}).backend_tokenizer.to_str())"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True) for _ in range(4)]
+    assert len({run.stdout for run in runs}) == 1
+    vocab = json.loads(runs[0].stdout)["model"]["vocab"]
+    assert [vocab[token] for token in SPECIAL] == [0, 1, 2]
 
 
 def test_prompt_completion_is_one_user_and_one_assistant_turn(tokenizer):

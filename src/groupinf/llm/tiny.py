@@ -22,8 +22,6 @@ WORDS = ("red", "blue", "green", "cat", "dog", "bird", "tree", "stone", "river",
 SYSTEM = "You are a helpful assistant."
 SPECIAL = ("<pad>", "<s>", "</s>")
 UNK = "<unk>"
-#: the end-of-word marker of ``train_tokenizer(words=True)``
-WORD_END = "</w>"
 
 
 def _example(rng: random.Random) -> tuple[str, str]:
@@ -69,26 +67,29 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 400, words: bool = F
     """A BPE ``PreTrainedTokenizerFast`` trained on ``texts``; it prepends ``<s>`` like Llama's.
 
     Byte-level (GPT-2/Llama style: a word's token depends on whether a space precedes it), or with
-    ``words`` split at whitespace and punctuation first, with an end-of-word marker: a word is the same
-    token at the start of a line and after a space, and decoding puts one space between words (the
-    ``unk`` token stands for characters never seen in ``texts``).
+    ``words`` split at whitespace and punctuation first, every piece marked with a leading ``▁``: a word is
+    the same token at the start of a line and after a space, decoding puts one space between pieces, and
+    ``<unk>`` stands for characters never seen in ``texts``. The ids do not depend on the process: the
+    trainer starts from a sorted alphabet (symbols it collects itself are numbered, and equally frequent
+    pairs merged, in hash-map order, which Rust seeds per process).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     if words:
         special = [*SPECIAL, UNK]
-        tokenizer = Tokenizer(models.BPE(unk_token=UNK, end_of_word_suffix=WORD_END))
-        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-        tokenizer.decoder = decoders.BPEDecoder(suffix=WORD_END)
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, end_of_word_suffix=WORD_END)
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+        mark = pre_tokenizers.Metaspace(prepend_scheme="always", split=False)
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), mark])
+        tokenizer.decoder = decoders.Metaspace(prepend_scheme="always")
+        alphabet = sorted({c for text in texts for c in text if not c.isspace()} | {"▁"})
     else:
         special = list(SPECIAL)
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
         alphabet = pre_tokenizers.ByteLevel.alphabet()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, initial_alphabet=alphabet)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, initial_alphabet=alphabet)
     tokenizer.train_from_iterator(texts, trainer=trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
