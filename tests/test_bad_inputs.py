@@ -414,9 +414,9 @@ def test_interrupt_exits_130_with_a_short_message(tmp_path, monkeypatch, capsys)
 
 def test_ctrl_c_stops_worker_processes_without_a_traceback(tmp_path):
     """A real SIGINT to the process group (as a terminal sends it) while retrainings run in two workers."""
-    write_npz(tmp_path / "toy.npz", rows=200)
+    write_npz(tmp_path / "toy.npz", rows=600)
     out = tmp_path / "out"
-    argv = ["faithfulness", "--data", tmp_path / "toy.npz", "--model", "mlp", "--hidden", "8", "--groups", 40]
+    argv = ["faithfulness", "--data", tmp_path / "toy.npz", "--model", "mlp", "--hidden", "8", "--groups", 400]
     argv += ["--seeds", 1, "--workers", 2, "--epochs", 100, "--out", out]
     env = subprocess_env(tmp_path / "hf-cache")
     command = [sys.executable, "-m", "groupinf.cli", *map(str, argv)]

@@ -10,7 +10,16 @@ import pytest
 
 from groupinf.cli import main
 from groupinf.features import SelectionFeatures, select_from_features
-from groupinf.llm.experiment import BOUNDS, METHODS, ExperimentConfig, load_plan, picks, resolve_world, skill_entropy
+from groupinf.llm.experiment import (
+    BOUNDS,
+    METHODS,
+    VAL_CHOSEN,
+    ExperimentConfig,
+    load_plan,
+    picks,
+    resolve_world,
+    skill_entropy,
+)
 from groupinf.llm.toy import CAPITAL, CLASSES, ON_TARGET, SKILLS, TARGETS, ToyConfig, pool_records, target_sets
 
 MINI = {
@@ -118,7 +127,7 @@ def test_experiment_runs_every_method_and_resumes(tmp_path, capsys):
     assert main(["llm", "experiment", "--config", str(config), "--out", str(out)]) in (0, None)
     document = json.loads((out / "results.json").read_text())
     results = document["results"]
-    assert list(results) == [*METHODS, *BOUNDS]
+    assert list(results) == [*METHODS, VAL_CHOSEN, *BOUNDS]
     chosen = json.loads((out / "selections.json").read_text())
     pool = [json.loads(line) for line in (out / "world" / "pool.jsonl").read_text().splitlines()]
     for label, row in results.items():
@@ -127,6 +136,11 @@ def test_experiment_runs_every_method_and_resumes(tmp_path, capsys):
             assert set(cell["seeds"]) == {"3", "4"} and 0 <= cell["mean"] <= 100
             if label == "Base":
                 assert cell["std"] == 0 and cell["skills"] == {}
+                continue
+            if label == VAL_CHOSEN:  # F+I at the α of the study: with one α in the study, that one
+                study = document["scale_study"][name]
+                assert study["val_best"] == 2.0 and cell["seeds"] == study["scales"]["2"]["eval"]["seeds"]
+                assert sum(cell["skills"].values()) == 4
                 continue
             subsets = (
                 [list(range(len(pool)))] if label == "Full pool" else [picks(chosen, label, name, s) for s in (3, 4)]
@@ -160,7 +174,8 @@ def test_experiment_runs_every_method_and_resumes(tmp_path, capsys):
         record = json.loads((out / "scale" / "2" / name / "seed4" / "warmup.json").read_text())
         assert record["indices"] == sorted(expected)
         row = document["scale_study"][name]["scales"]["2"]
-        assert set(row) == {"val", "eval"} and all(set(row[split]["seeds"]) == {"3", "4"} for split in row)
+        assert set(row) == {"val", "eval", "indices"} and row["indices"] == expected
+        assert all(set(row[split]["seeds"]) == {"3", "4"} for split in ("val", "eval"))
         val = json.loads((out / "scale" / "2" / name / "seed3.val.json").read_text())
         assert row["val"]["seeds"]["3"] == val["score"] and val["n"] == 3
     table = (out / "results.md").read_text()
