@@ -3,6 +3,7 @@ what is wrong, before any expensive work, leaving no empty output directories (d
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -420,7 +421,12 @@ def test_ctrl_c_stops_worker_processes_without_a_traceback(tmp_path):
     argv += ["--seeds", 1, "--workers", 2, "--epochs", 100, "--out", out]
     env = subprocess_env(tmp_path / "hf-cache")
     command = [sys.executable, "-m", "groupinf.cli", *map(str, argv)]
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # a foreground command in a terminal starts with Ctrl-C's default action; a background job of a script
+    # (as `cmd &` in a non-interactive shell runs this suite) would inherit "ignore" without this
+    default_sigint = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+    process = subprocess.Popen(
+        command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 300
     while len(list(out.glob("work/*/retrain/g*.json"))) < 2 and process.poll() is None:
         assert time.monotonic() < deadline, "no retraining finished in time"
