@@ -294,11 +294,9 @@ def plan_stages(
         path = out / "finetune" / run
         stages[f"finetune/{run}"] = Stage(f"finetune/{run}", tuned, (path,), path / "warmup.json")
         for name in names:
-            path = out / "eval" / f"{evaluated.format(name=name)}.json"
-            settings = tuned | {"eval": tasks[name]} | scoring
-            stages[f"eval/{evaluated.format(name=name)}"] = Stage(
-                f"eval/{evaluated.format(name=name)}", settings, (path,), path
-            )
+            result = evaluated.format(name=name)
+            path = out / "eval" / f"{result}.json"
+            stages[f"eval/{result}"] = Stage(f"eval/{result}", tuned | {"eval": tasks[name]} | scoring, (path,), path)
 
     for seed in exp.seeds:
         recipe = as_dict(finetune_config(plan, seed))
@@ -407,98 +405,89 @@ def picks(chosen: dict[str, Any], label: str, name: str, seed: int) -> list[int]
     return cell[str(seed)] if isinstance(cell, dict) else cell
 
 
+@dataclass
+class Runner:
+    """LoRA fine-tuning from the base checkpoint and scoring on a target's task file, for the table and the
+    α study alike; the tokenizer and each task file are read once, when first needed."""
+
+    plan: Plan
+    model: str
+    pool: Path
+    targets: dict[str, dict[str, Any]]
+    tokenizer: Any = None
+    tasks: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+
+    def finetune(self, run: Path, seed: int, indices: list[int], what: str) -> None:
+        """Fine-tune on the pool examples ``indices`` with ``seed`` into ``run`` (adapter, warmup.json)."""
+        from groupinf.llm.warmup import warmup
+
+        _log(f"fine-tune {what} / seed {seed} on {len(indices)} examples")
+        warmup(self.model, self.pool, run, finetune_config(self.plan, seed), "cpu", False, indices=indices)
+
+    def score(self, path: Path, adapter: Path | None, name: str, split: str = "eval") -> None:
+        """Write ``evaluate_task``'s result for the base model (+ ``adapter``) on target ``name``'s ``split``
+        task file to ``path``."""
+        from groupinf.llm.evaluate import evaluate_task, load_task
+        from groupinf.llm.models import load_model, load_tokenizer
+
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.model)
+        spec = self.targets[name]
+        if (name, split) not in self.tasks:
+            self.tasks[name, split] = load_task(spec[split], spec["type"])
+        network = load_model(self.model, torch.float32, torch.device("cpu"), adapter)
+        template, tokens = self.plan.warmup.template, self.plan.experiment.max_new_tokens
+        result = evaluate_task(network, self.tokenizer, spec["type"], self.tasks[name, split], template, tokens)
+        atomic_write_json(path, result)
+
+
 def finetune_and_evaluate(
-    plan: Plan,
-    model: str,
-    pool: Path,
-    targets: dict[str, dict[str, Any]],
-    out: Path,
-    chosen: dict[str, Any],
-    stages: Stages,
-    planned: dict[str, Stage],
+    runner: Runner, out: Path, chosen: dict[str, Any], stages: Stages, planned: dict[str, Stage]
 ) -> dict[str, Any]:
     """Scores ``{row: {target: {seed: result}}}``: LoRA from the base checkpoint on each selection, on the
     whole pool (``"Full pool"``), and the base model itself (``"Base"``, the same result for every seed)."""
-    from groupinf.llm.evaluate import evaluate_task, load_task
-    from groupinf.llm.models import load_model, load_tokenizer
-    from groupinf.llm.warmup import warmup
+    seeds = runner.plan.experiment.seeds
 
-    tokenizer = load_tokenizer(model)
-    tasks = {name: load_task(spec["eval"], spec["type"]) for name, spec in targets.items()}
-    seeds = plan.experiment.seeds
-
-    def tune(run: str, seed: int, indices: list[int], what: str) -> None:
-        def compute() -> None:
-            _log(f"fine-tune {what} / seed {seed} on {len(indices)} examples")
-            warmup(model, pool, out / "finetune" / run, finetune_config(plan, seed), "cpu", False, indices=indices)
-
-        stages.run(planned[f"finetune/{run}"], compute)
+    def tune(run: str, seed: int, indices: list[int], what: str) -> Path:
+        stages.run(planned[f"finetune/{run}"], runner.finetune, out / "finetune" / run, seed, indices, what)
+        return out / "finetune" / run / "adapter"
 
     def score(run: str, name: str, adapter: Path | None) -> dict[str, Any]:
-        def compute() -> None:
-            network = load_model(model, torch.float32, torch.device("cpu"), adapter)
-            result = evaluate_task(
-                network,
-                tokenizer,
-                targets[name]["type"],
-                tasks[name],
-                plan.warmup.template,
-                plan.experiment.max_new_tokens,
-            )
-            atomic_write_json(out / "eval" / f"{run}.json", result)
-
-        stages.run(planned[f"eval/{run}"], compute)
-        return json.loads((out / "eval" / f"{run}.json").read_text())
+        path = out / "eval" / f"{run}.json"
+        stages.run(planned[f"eval/{run}"], runner.score, path, adapter, name)
+        return json.loads(path.read_text())
 
     scores: dict[str, Any] = {}
     for label in chosen:
-        for name in targets:
+        for name in runner.targets:
             for seed in seeds:
                 run = f"{METHODS[label]}/{name}/seed{seed}"
-                tune(run, seed, picks(chosen, label, name, seed), f"{label} / {name}")
-                adapter = out / "finetune" / run / "adapter"
+                adapter = tune(run, seed, picks(chosen, label, name, seed), f"{label} / {name}")
                 scores.setdefault(label, {}).setdefault(name, {})[seed] = score(run, name, adapter)
-    everything = list(range(len(load_dev(pool))))
+    everything = list(range(len(load_dev(runner.pool))))
     for seed in seeds:
-        tune(f"full/seed{seed}", seed, everything, "full pool")
-        for name in targets:
-            adapter = out / "finetune" / "full" / f"seed{seed}" / "adapter"
+        adapter = tune(f"full/seed{seed}", seed, everything, "full pool")
+        for name in runner.targets:
             scores.setdefault("Full pool", {}).setdefault(name, {})[seed] = score(
                 f"full/{name}/seed{seed}", name, adapter
             )
-    for name in targets:
+    for name in runner.targets:
         result = score(f"base/{name}", name, None)
         scores.setdefault("Base", {})[name] = dict.fromkeys(seeds, result)
     return scores
 
 
-def scale_study(
-    plan: Plan, model: str, pool: Path, targets: dict[str, dict[str, Any]], out: Path, k: int, stages: Stages
-) -> dict[str, Any]:
-    """``{target: {"chosen": select's α, "scales": {α: {"val"|"eval": seed_summary}}}}`` for the α values
-    of ``scale_study``: F+I reselected at each α from ``select/<target>/features.safetensors``, fine-tuned
-    with every seed (stages ``scale/<α>/…``)."""
+def scale_study(runner: Runner, out: Path, k: int, stages: Stages, features_from: dict[str, Any]) -> dict[str, Any]:
+    """``{target: {"chosen": select's α, "val_best": α, "scales": {α: {"val"|"eval": seed_summary,
+    "indices"}}}}`` for the α values of ``scale_study``: F+I reselected at each α from
+    ``select/<target>/features.safetensors`` (computed with the settings ``features_from``), fine-tuned with
+    every seed (stages ``scale/<α>/…``)."""
     from groupinf.features import SelectionFeatures, select_from_features
-    from groupinf.llm.evaluate import evaluate_task, load_task
-    from groupinf.llm.models import load_model, load_tokenizer
-    from groupinf.llm.warmup import warmup
 
-    tokenizer = load_tokenizer(model)
+    plan = runner.plan
     chosen = json.loads((out / "select" / "run.json").read_text())["interaction_scale"]
-    features_from = json.loads((out / "stages" / "select.json").read_text())
-
-    def tune(run: Path, seed: int, indices: list[int], what: str) -> None:
-        _log(f"fine-tune {what} / seed {seed} on {len(indices)} examples")
-        warmup(model, pool, run, finetune_config(plan, seed), "cpu", False, indices=indices)
-
-    def score(path: Path, adapter: Path, spec: dict[str, Any], split: str) -> None:
-        network = load_model(model, torch.float32, torch.device("cpu"), adapter)
-        records = load_task(spec[split], spec["type"])
-        template, tokens = plan.warmup.template, plan.experiment.max_new_tokens
-        atomic_write_json(path, evaluate_task(network, tokenizer, spec["type"], records, template, tokens))
-
     study: dict[str, Any] = {}
-    for name, spec in targets.items():
+    for name, spec in runner.targets.items():
         features = SelectionFeatures.load(out / "select" / name / "features.safetensors")
         rows: dict[str, Any] = {}
         for alpha in plan.experiment.scale_study:
@@ -509,13 +498,13 @@ def scale_study(
                 tuned = {"features": features_from, "alpha": alpha, "target": name}
                 tuned |= {"finetune": as_dict(finetune_config(plan, seed))}
                 stage = Stage(f"scale/{alpha:g}/{name}/seed{seed}", tuned, (run,), run / "warmup.json")
-                stages.run(stage, tune, run, seed, indices, f"F+I α={alpha:g} / {name}")
+                stages.run(stage, runner.finetune, run, seed, indices, f"F+I α={alpha:g} / {name}")
                 for split in results:
                     path = run.with_name(f"seed{seed}.{split}.json")
                     task = {"type": spec["type"], "sha256": file_digest(spec[split])}
                     settings = tuned | {"eval": task, "max_new_tokens": plan.experiment.max_new_tokens}
                     stage = Stage(f"scale/{alpha:g}/{name}/seed{seed}.{split}", settings, (path,), path)
-                    stages.run(stage, score, path, run / "adapter", spec, split)
+                    stages.run(stage, runner.score, path, run / "adapter", name, split)
                     results[split][seed] = json.loads(path.read_text())
             rows[f"{alpha:g}"] = {split: seed_summary(per_seed) for split, per_seed in results.items()}
             rows[f"{alpha:g}"]["indices"] = indices
@@ -711,7 +700,8 @@ def _run(plan: Plan, config_path: str | Path, out: Path, start: float, stages: S
     planned = plan_stages(plan, out, model, pool, targets, k)
     stages.check(planned.values())
     chosen = selections(plan, model, pool, targets, out, k, stages, planned)
-    scores = finetune_and_evaluate(plan, model, pool, targets, out, chosen, stages, planned)
+    runner = Runner(plan, model, pool, targets)
+    scores = finetune_and_evaluate(runner, out, chosen, stages, planned)
     table = summarise(scores, chosen, pool_records, plan.experiment.seeds)
     document: dict[str, Any] = {
         "config": str(config_path),
@@ -729,7 +719,7 @@ def _run(plan: Plan, config_path: str | Path, out: Path, start: float, stages: S
     if (out / "select" / "run.json").is_file():
         document["interaction_scale"] = json.loads((out / "select" / "run.json").read_text())["interaction_scale"]
     if plan.experiment.scale_study:
-        document["scale_study"] = study = scale_study(plan, model, pool, targets, out, k, stages)
+        study = document["scale_study"] = scale_study(runner, out, k, stages, planned["select"].settings)
         methods = {label: row for label, row in table.items() if label not in BOUNDS}
         bounds = {label: row for label, row in table.items() if label in BOUNDS}
         table = document["results"] = methods | {VAL_CHOSEN: val_chosen_row(study, pool_records)} | bounds
