@@ -8,7 +8,6 @@ For candidates ``c`` (addition setting, gradients at ``θ*``, ``H`` and ``n`` of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from groupinf.selection import (
     addition_objective,
     check_interaction_scale,
     greedy_select,
+    lowest_scale,
     random_select,
     topk_select,
 )
@@ -246,5 +246,4 @@ def cross_validated_scale(
             row.append(float(value))
         per_fold.append(row)
     held = [sum(column) / len(per_fold) for column in zip(*per_fold, strict=True)]
-    best = min(range(len(grid)), key=lambda i: (held[i], abs(math.log(grid[i]))))
-    return ScaleChoice(grid[best], grid, held, per_fold, reference)
+    return ScaleChoice(lowest_scale(dict(zip(grid, held, strict=True))), grid, held, per_fold, reference)

@@ -108,6 +108,12 @@ InteractionScale = float | Literal["auto"]
 SCALE_GRID = tuple(2.0**e for e in range(-4, 7))
 
 
+def lowest_scale(scores: dict[float, float]) -> float:
+    """The ``α`` of ``scores`` ``{α: held-out score, lower is better}`` with the lowest score; ties go to the
+    ``α`` nearest 1 in log scale (nearest the paper's form)."""
+    return min(scores, key=lambda alpha: (scores[alpha], abs(math.log(alpha))))
+
+
 def parse_interaction_scale(text: str | float) -> InteractionScale:
     """A number ``> 0`` (as text or a number), or ``"auto"``; ``ValueError`` for anything else."""
     if text == "auto":

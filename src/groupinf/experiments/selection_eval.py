@@ -18,7 +18,6 @@ is retrained (``scale_seeds`` seeds) and its loss on the held-out part scores th
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,14 @@ from groupinf.gradients import per_example_gradients
 from groupinf.losses import CrossEntropy
 from groupinf.methods import METHODS, PoolInputs, run_method
 from groupinf.models import mlp
-from groupinf.selection import SCALE_GRID, InteractionFactors, InteractionScale, check_interaction_scale, greedy_select
+from groupinf.selection import (
+    SCALE_GRID,
+    InteractionFactors,
+    InteractionScale,
+    check_interaction_scale,
+    greedy_select,
+    lowest_scale,
+)
 from groupinf.target import NETWORK_TARGET_CURVATURE, TARGET_KINDS, mean_loss, target_curvature
 from groupinf.task import Task
 from groupinf.training import SGDConfig, train_sgd
@@ -354,7 +360,7 @@ def choose_interaction_scale(
         losses = {
             alpha: [done[key]["target_loss"][fold] for key, fold in plan[(k, alpha)]] for alpha in config.scale_grid
         }
-        chosen = min(config.scale_grid, key=lambda a: (float(np.mean(losses[a])), abs(math.log(a))))
+        chosen = lowest_scale({alpha: float(np.mean(values)) for alpha, values in losses.items()})
         choice[str(k)] = {
             "chosen": chosen,
             "validation_loss": {f"{a:g}": float(np.mean(v)) for a, v in losses.items()},
