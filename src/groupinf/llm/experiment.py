@@ -523,13 +523,17 @@ def val_chosen_row(study: dict[str, Any], pool_records: list[dict[str, Any]]) ->
     return row
 
 
+def mean_std(values: list[float]) -> dict[str, float]:
+    """``{mean, std}`` of scores over seeds (sample std; 0 for one seed)."""
+    tensor = torch.tensor(values, dtype=torch.float64)
+    return {"mean": tensor.mean().item(), "std": tensor.std().item() if len(values) > 1 else 0.0}
+
+
 def seed_summary(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """``{metric, mean, std, seeds}`` of results per seed (sample std; 0 for one seed)."""
-    values = torch.tensor([r["score"] for r in per_seed.values()], dtype=torch.float64)
+    """``{metric, mean, std, seeds}`` of results per seed."""
     return {
         "metric": next(iter(per_seed.values()))["metric"],
-        "mean": values.mean().item(),
-        "std": values.std().item() if len(values) > 1 else 0.0,
+        **mean_std([r["score"] for r in per_seed.values()]),
         "seeds": {str(s): r["score"] for s, r in per_seed.items()},
     }
 
@@ -584,13 +588,7 @@ def paired_differences(table: dict[str, Any], reference: str = "F+I") -> dict[st
             if label in (reference, "F+I", VAL_CHOSEN) or label in BOUNDS:
                 continue
             diffs = {s: cell["seeds"][s] - row[name]["seeds"][s] for s in cell["seeds"]}
-            values = torch.tensor(list(diffs.values()), dtype=torch.float64)
-            std = values.std().item() if len(values) > 1 else 0.0
-            paired.setdefault(name, {})[f"{reference} − {label}"] = {
-                "mean": values.mean().item(),
-                "std": std,
-                "seeds": diffs,
-            }
+            paired.setdefault(name, {})[f"{reference} − {label}"] = {**mean_std(list(diffs.values())), "seeds": diffs}
     return paired
 
 

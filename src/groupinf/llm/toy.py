@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from groupinf.checks import check_count
 from groupinf.files import atomic_write_json
 from groupinf.llm.data import render_tulu, to_messages
 from groupinf.llm.tiny import SPECIAL, tiny_llama, train_tokenizer, write_jsonl
@@ -92,12 +93,9 @@ class ToyConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("pool_size", "dev_size", "val_size", "eval_size", "pretrain_documents", "pretrain_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        counts = ("pool_size", "dev_size", "val_size", "eval_size", "pretrain_documents", "pretrain_steps")
+        for name in (*counts, "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            check_count(getattr(self, name), name)
         for name in ("duplicate_fraction", "mislabel_fraction", "chat_fraction", "quiz_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
