@@ -317,10 +317,10 @@ def plan_stages(
 
 
 def toy_settings(plan: Plan) -> dict[str, Any]:
-    """Every setting of the toy world (the defaults filled in)."""
-    from groupinf.llm.toy import ToyConfig
+    """Every setting of the toy world (the defaults filled in) and the version of its generators."""
+    from groupinf.llm.toy import GENERATOR_VERSION, ToyConfig
 
-    return asdict(ToyConfig(**plan.toy or {}))
+    return {"generator": GENERATOR_VERSION, **asdict(ToyConfig(**plan.toy or {}))}
 
 
 def finetune_config(plan: Plan, seed: int) -> WarmupConfig:

@@ -65,6 +65,10 @@ SKILLS = ("arithmetic", "capital", "classify", "lookup", "string", "count", "com
 TARGETS = {"classify_mc": ("classify", "mc"), "math": ("arithmetic", "math"), "capital_qa": ("capital", "qa")}
 ON_TARGET = frozenset(skill for skill, _ in TARGETS.values())
 
+#: the version of the generators below: part of the world's stage key, so that a run directory built by
+#: other generators is reported stale instead of reused (2: classify_mc lists the kinds with articles)
+GENERATOR_VERSION = 2
+
 #: words a copying assistant turn in pre-training never repeats
 STOP_WORDS = frozenset(("the", "a", "an", "is", "and"))
 
@@ -224,7 +228,7 @@ def target_example(name: str, rng: random.Random) -> tuple[dict[str, Any], dict[
     if name == "classify_mc":
         kind = rng.choice(KINDS)
         word, adjective = rng.choice(CLASSES[kind]), rng.choice(ADJECTIVES)
-        prompt = f"Which kind of thing is the {adjective} {word}: animal, fruit, colour or tool?"
+        prompt = f"Which kind of thing is the {adjective} {word}: an animal, a fruit, a colour or a tool?"
         return {"prompt": prompt, "completion": kind}, {
             "prompt": prompt,
             "choices": list(KINDS),
