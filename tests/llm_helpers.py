@@ -58,11 +58,6 @@ def run_module(args: list[str], env: dict[str, str], timeout: float = 300) -> su
     return result
 
 
-def store_bytes(path: Path) -> dict[str, bytes]:
-    """Every file of a store directory by relative path (temporary files would show up here too)."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
 def extract_args(world: World, data: Path, out: Path, config: ExtractConfig, adapter: Path | None = None) -> list[str]:
     """``llm extract`` arguments for ``config`` (every setting spelled out)."""
     args = ["llm", "extract", "--model", str(world.model), "--data", str(data), "--out", str(out)]

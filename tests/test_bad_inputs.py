@@ -228,6 +228,12 @@ def shard_overwritten(tmp, world, mp):
     return [*args, "--k", 3, "--out", tmp / OUT]
 
 
+def store_of_an_earlier_version(tmp, world, mp):
+    args = pool_and_target(tmp)
+    write_json(tmp / "pool" / "store.json", {"format": "groupinf-llm-gradients/1", "num_examples": 40})
+    return [*args, "--k", 3, "--out", tmp / OUT]
+
+
 def select_k_zero(tmp, world, mp):
     mp.setattr("groupinf.experiments.selection_eval.prepare_problem", not_called("loading the pool"))
     return ["select", *DIGITS, "--k", 0, "--out", tmp / OUT]
@@ -352,6 +358,10 @@ CLI_CASES: dict[str, tuple[Callable, list[str]]] = {
     "--adapter missing": (extract_with("--adapter", "no-adapter"), ["no LoRA adapter at no-adapter"]),
     "--adapter of random bytes": (garbage_adapter, ["the weights of the LoRA adapter at", "not readable safetensors"]),
     "shard overwritten at the same size": (shard_overwritten, ["00001.gradients.bin does not match the checksum"]),
+    "store of an earlier version": (
+        store_of_an_earlier_version,
+        ["pool is a store of an earlier version of groupinf", "delete it and rerun the same `groupinf llm extract`"],
+    ),
     # 7: checks that ran too late
     "select --k 0": (select_k_zero, ["k must be >= 1, got 0"]),
     "llm select --k larger than the pool": (llm_select_k_too_big, ["k must be in [1, 40]"]),

@@ -19,9 +19,9 @@ from llm_helpers import (
     make_world,
     random_adapter,
     run_module,
-    store_bytes,
     subprocess_env,
 )
+from store_helpers import store_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread", "private_datasets_cache")
 
@@ -64,7 +64,7 @@ def test_store_holds_each_examples_projected_gradients(world, tmp_path, config):
     info = store.shard_info(2)
     assert (info["start"], info["stop"], info["ids"]) == (16, 20, records["id"][16:])
     assert info["response_tokens"] == [e.num_response_tokens for e in examples[16:]]
-    meta = json.loads((tmp_path / "store" / "store.json").read_text())
+    meta = json.loads((tmp_path / "store" / "store.json").read_text())["meta"]
     assert meta["source"]["adapter_sha256"] and meta["source"]["data_sha256"]
     assert [layer["name"] for layer in meta["layers"]] == list(linear_layers(model))
 
@@ -135,6 +135,20 @@ def test_missing_inputs_name_the_command_that_makes_them(world, tmp_path):
     w, _ = world
     with pytest.raises(FileNotFoundError, match="groupinf llm warmup"):
         extract(str(w.model), w.pool, tmp_path / "s", TINY_EXTRACT, tmp_path / "no-adapter", "cpu", False)
+
+
+def test_a_store_of_an_earlier_version_is_refused_with_advice(world, tmp_path):
+    old = tmp_path / "store"
+    old.mkdir()
+    (old / "store.json").write_text(json.dumps({"format": "groupinf-llm-gradients/1", "num_examples": 20}))
+    advice = (
+        r"earlier version of groupinf \(groupinf-llm-gradients/1\).*delete it and rerun the same `groupinf llm extract`"
+    )
+    with pytest.raises(ValueError, match=advice):
+        GradientStore.open(old)
+    with pytest.raises(ValueError, match=advice):
+        run_extract(world, old)
+    assert [p.name for p in old.iterdir()] == ["store.json"]  # left as it was
 
 
 def test_overflowing_float16_is_refused(tmp_path):

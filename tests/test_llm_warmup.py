@@ -96,4 +96,5 @@ def test_pipeline_through_the_command_line_with_the_tiny_config(world, tmp_path)
             assert len(set(chosen["indices"])) == 8
             assert chosen["ids"] == [pool_ids[i] for i in chosen["indices"]]
     store = json.loads((tmp_path / "pool" / "store.json").read_text())
-    assert store["dtype"] == "bfloat16" and store["fisher"] == "true" and store["source"]["train_size"] == 8
+    meta = store["meta"]
+    assert store["dtype"] == "bfloat16" and meta["fisher"] == "true" and meta["source"]["train_size"] == 8
