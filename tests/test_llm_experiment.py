@@ -7,20 +7,14 @@ import os
 from collections import Counter
 
 import pytest
+import torch
 
 from groupinf.cli import main
 from groupinf.features import SelectionFeatures, select_from_features
-from groupinf.llm.experiment import (
-    BOUNDS,
-    METHODS,
-    VAL_CHOSEN,
-    ExperimentConfig,
-    load_plan,
-    picks,
-    resolve_world,
-    skill_entropy,
-)
+from groupinf.llm.experiment import METHODS, ExperimentConfig, load_plan, picks, resolve_world
+from groupinf.llm.report import BOUNDS, VAL_CHOSEN, feature_profile, skill_entropy
 from groupinf.llm.toy import CAPITAL, CLASSES, ON_TARGET, SKILLS, TARGETS, ToyConfig, pool_records, target_sets
+from groupinf.selection import InteractionFactors
 
 MINI = {
     "toy": {
@@ -119,6 +113,28 @@ def test_bad_experiment_settings(tmp_path):
         load_plan(tmp_path / "missing.json")
 
 
+def test_feature_profile_matches_a_per_candidate_count():
+    generator = torch.Generator().manual_seed(0)
+    first_order = torch.randn(30, generator=generator, dtype=torch.float64)
+    left, right = (torch.randn(30, 5, generator=generator, dtype=torch.float64) for _ in range(2))
+    features = SelectionFeatures(first_order, InteractionFactors(left, right))
+    skills = [("a", "b", "c")[i % 3] for i in range(30)]
+    alpha = 0.7
+    profile = feature_profile(features, skills, alpha)
+    assert set(profile) == {"a", "b", "c"}
+    for skill, row in profile.items():
+        members = [c for c in range(30) if skills[c] == skill]
+        halves = [0.5 * float(left[c] @ right[c]) for c in members]
+        helps = [float(first_order[c]) > alpha * h for c, h in zip(members, halves, strict=True)]
+        assert row["count"] == len(members) == 10
+        assert row["first_order"] == pytest.approx(sum(float(first_order[c]) for c in members) / 10)
+        assert row["self_interaction"] == pytest.approx(sum(halves) / 10)
+        assert row["helps_alone"] == pytest.approx(sum(helps) / 10)
+    assert 0 < sum(row["helps_alone"] for row in profile.values()) < 3  # some help alone, some do not
+    with pytest.raises(ValueError, match="29 skill labels for 30 candidates"):
+        feature_profile(features, skills[:29], alpha)
+
+
 @pytest.mark.slow
 def test_experiment_runs_every_method_and_resumes(tmp_path, capsys):
     config = tmp_path / "mini.json"
@@ -178,8 +194,15 @@ def test_experiment_runs_every_method_and_resumes(tmp_path, capsys):
         assert all(set(row[split]["seeds"]) == {"3", "4"} for split in ("val", "eval"))
         val = json.loads((out / "scale" / "2" / name / "seed3.val.json").read_text())
         assert row["val"]["seeds"]["3"] == val["score"] and val["n"] == 3
+    # F+I's features by skill, at the α select chose for each target
+    for name, profile in document["feature_profile"].items():
+        features = SelectionFeatures.load(out / "select" / name / "features.safetensors")
+        skills = [r["skill"] for r in pool]
+        assert profile == feature_profile(features, skills, document["interaction_scale"][name])
+        assert sum(row["count"] for row in profile.values()) == len(pool) and set(profile) == set(skills)
     table = (out / "results.md").read_text()
     assert all(f"| {label} |" in table for label in [*METHODS, *BOUNDS]) and "| F+I − Additive IF |" in table
+    assert all(f"| {name} | {skill} |" in table for name in TARGETS for skill in SKILLS)
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     # a rerun recomputes nothing: every stage's output is kept as it was
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if p.name != "results.json"}

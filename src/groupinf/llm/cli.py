@@ -112,7 +112,8 @@ def run_llm(args: argparse.Namespace) -> None:
         if done.rank == 0:
             print(f"{spec.num_examples} examples, d = {spec.dim}, {spec.num_shards} {spec.dtype} shards in {args.out}")
     elif args.llm_command == "experiment":
-        from groupinf.llm.experiment import markdown, run_experiment
+        from groupinf.llm.experiment import run_experiment
+        from groupinf.llm.report import markdown
 
         document = run_experiment(args.config, args.out, args.recompute)
         print(markdown(document))

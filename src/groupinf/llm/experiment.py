@@ -38,17 +38,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from scipy.stats import entropy
 
 from groupinf.checks import check_count, check_fields
 from groupinf.coresets import mean_similarity
 from groupinf.digests import file_digest
+from groupinf.features import SelectionFeatures, select_from_features
 from groupinf.files import atomic_path, atomic_write_json
 from groupinf.llm.config import (
     SECTIONS,
@@ -59,16 +58,21 @@ from groupinf.llm.config import (
     as_dict,
     read_config_file,
 )
+from groupinf.llm.report import (
+    BOUNDS,
+    VAL_CHOSEN,
+    bar_chart,
+    composition,
+    feature_profile,
+    markdown,
+    paired_differences,
+    seed_summary,
+)
 from groupinf.selection import check_budget, check_interaction_scale
 from groupinf.stages import Stage, Stages
 
 #: the files of a target: its selection target (instruction format), and task files for scoring
 SPLITS = ("dev", "val", "eval")
-#: the row of F+I at the α that the scale study's val scores choose
-VAL_CHOSEN = "F+I (α on val)"
-#: the bounds reported beside the methods: the whole pool, and no fine-tuning
-BOUNDS = ("Full pool", "Base")
-
 METHODS = {
     "F+I": "greedy",
     "Additive IF": "topk",
@@ -482,8 +486,6 @@ def scale_study(runner: Runner, out: Path, k: int, stages: Stages, features_from
     "indices"}}}}`` for the α values of ``scale_study``: F+I reselected at each α from
     ``select/<target>/features.safetensors`` (computed with the settings ``features_from``), fine-tuned with
     every seed (stages ``scale/<α>/…``)."""
-    from groupinf.features import SelectionFeatures, select_from_features
-
     plan = runner.plan
     chosen = json.loads((out / "select" / "run.json").read_text())["interaction_scale"]
     study: dict[str, Any] = {}
@@ -523,42 +525,6 @@ def val_chosen_row(study: dict[str, Any], pool_records: list[dict[str, Any]]) ->
     return row
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
-    """``{mean, std}`` of scores over seeds (sample std; 0 for one seed)."""
-    tensor = torch.tensor(values, dtype=torch.float64)
-    return {"mean": tensor.mean().item(), "std": tensor.std().item() if len(values) > 1 else 0.0}
-
-
-def seed_summary(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """``{metric, mean, std, seeds}`` of results per seed."""
-    return {
-        "metric": next(iter(per_seed.values()))["metric"],
-        **mean_std([r["score"] for r in per_seed.values()]),
-        "seeds": {str(s): r["score"] for s, r in per_seed.items()},
-    }
-
-
-def skill_entropy(skills: list[str]) -> float:
-    """Shannon entropy (bits) of the skill labels of a subset."""
-    return float(entropy(list(Counter(skills).values()), base=2)) if skills else 0.0
-
-
-def composition(subsets: list[list[int]], pool_records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Skill counts, skill entropy (bits), mislabelled and near-duplicate examples of subsets of the pool,
-    each the mean over ``subsets`` (``pool_records`` as read by ``datasets``: a missing field is None)."""
-    counts: Counter[str] = Counter()
-    totals = {"entropy_bits": 0.0, "mislabelled": 0.0, "duplicates": 0.0}
-    for indices in subsets:
-        picked = [pool_records[i] for i in indices]
-        skills = [r.get("skill") or "?" for r in picked]
-        counts.update(skills)
-        totals["entropy_bits"] += skill_entropy(skills)
-        totals["mislabelled"] += sum(bool(r.get("mislabelled")) for r in picked)
-        totals["duplicates"] += sum(r.get("duplicate_of") is not None for r in picked)
-    size = len(subsets)
-    return {"skills": {s: c / size for s, c in sorted(counts.items())}, **{k: v / size for k, v in totals.items()}}
-
-
 def summarise(
     scores: dict[str, Any], chosen: dict[str, Any], pool_records: list[dict[str, Any]], seeds: tuple[int, ...]
 ) -> dict[str, Any]:
@@ -575,103 +541,6 @@ def summarise(
                 subsets = subsets if label == "Random" else subsets[:1]
             table.setdefault(label, {})[name] = {**seed_summary(per_seed), **composition(subsets, pool_records)}
     return table
-
-
-def paired_differences(table: dict[str, Any], reference: str = "F+I") -> dict[str, Any]:
-    """``{target: {"F+I − X": {mean, std, seeds}}}``: the reference's score minus each other method's under
-    the same seed (bounds and the F+I rows excluded)."""
-    paired: dict[str, Any] = {}
-    if reference not in table:
-        return paired
-    for name, cell in table[reference].items():
-        for label, row in table.items():
-            if label in (reference, "F+I", VAL_CHOSEN) or label in BOUNDS:
-                continue
-            diffs = {s: cell["seeds"][s] - row[name]["seeds"][s] for s in cell["seeds"]}
-            paired.setdefault(name, {})[f"{reference} − {label}"] = {**mean_std(list(diffs.values())), "seeds": diffs}
-    return paired
-
-
-def markdown(document: dict[str, Any]) -> str:
-    """The results (mean ± std over seeds), the paired differences, the compositions and F+I's interaction
-    scale per target."""
-    table = document["results"]
-    targets = list(next(iter(table.values())))
-    metrics = {t: next(iter(table.values()))[t]["metric"] for t in targets}
-    lines = ["| method | " + " | ".join(f"{t} ({metrics[t]})" for t in targets) + " | mean |"]
-    lines.append("|" + "---|" * (len(targets) + 2))
-    for label, row in table.items():
-        cells = [f"{row[t]['mean']:.1f} ± {row[t]['std']:.1f}" for t in targets]
-        mean = sum(row[t]["mean"] for t in targets) / len(targets)
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean:.1f} |")
-    if document.get("paired"):
-        lines += ["", "Paired by seed: F+I's score minus the other method's (mean ± std over seeds).", ""]
-        pairs = list(next(iter(document["paired"].values())))
-        lines += ["| difference | " + " | ".join(targets) + " |", "|" + "---|" * (len(targets) + 1)]
-        for pair in pairs:
-            cells = [
-                f"{document['paired'][t][pair]['mean']:+.1f} ± {document['paired'][t][pair]['std']:.1f}"
-                for t in targets
-            ]
-            lines.append(f"| {pair} | " + " | ".join(cells) + " |")
-    lines += ["", "What each row fine-tuned on (Random: the mean over its per-seed subsets): skill entropy (bits),"]
-    lines += ["skill counts, mislabelled and near-duplicate examples.", ""]
-    lines += ["| method | target | entropy | skills | mislabelled | duplicates |", "|---|---|---|---|---|---|"]
-    for label, row in table.items():
-        if label == "Base":
-            continue
-        for t in targets[:1] if label == "Full pool" else targets:
-            cell = row[t]
-            skills = ", ".join(f"{s} {c:g}" for s, c in cell["skills"].items())
-            name = "(all)" if label == "Full pool" else t
-            lines.append(
-                f"| {label} | {name} | {cell['entropy_bits']:.2f} | {skills} | {cell['mislabelled']:g} | "
-                f"{cell['duplicates']:g} |"
-            )
-    if document.get("interaction_scale"):
-        scales = ", ".join(f"{t} {a:g}" for t, a in document["interaction_scale"].items())
-        setting = document["settings"]["select"]["interaction_scale"]
-        lines += ["", f"F+I's interaction scale α per target (setting: {setting}): {scales}."]
-    if document.get("scale_study"):
-        lines += ["", "F+I at fixed α (mean ± std over seeds), scored on val and on eval; marked: the α that"]
-        lines += [f"select chose, and the best on val (the row {VAL_CHOSEN}).", ""]
-        lines += ["| target | α | val | eval |", "|---|---|---|---|"]
-        for name, entry in document["scale_study"].items():
-            for alpha, row in entry["scales"].items():
-                candidates = (("select", entry["chosen"]), ("val-best", entry["val_best"]))
-                marks = [mark for mark, value in candidates if value == float(alpha)]
-                cells = " | ".join(f"{row[split]['mean']:.1f} ± {row[split]['std']:.1f}" for split in ("val", "eval"))
-                label = f"{alpha} ({', '.join(marks)})" if marks else alpha
-                lines.append(f"| {name} | {label} | {cells} |")
-    return "\n".join(lines) + "\n"
-
-
-def bar_chart(table: dict[str, Any], path: Path) -> None:
-    """Grouped bars (targets × rows) with the std over seeds as error bars, saved as PNG."""
-    from matplotlib.figure import Figure
-
-    labels = list(table)
-    targets = list(table[labels[0]])
-    figure = Figure(figsize=(2.2 + 1.9 * len(targets), 3.6))
-    axes = figure.add_subplot()
-    width = 0.8 / len(labels)
-    for m, label in enumerate(labels):
-        xs = [t + (m - (len(labels) - 1) / 2) * width for t in range(len(targets))]
-        axes.bar(
-            xs,
-            [table[label][t]["mean"] for t in targets],
-            width,
-            yerr=[table[label][t]["std"] for t in targets],
-            label=label,
-            capsize=2,
-            hatch="//" if label in BOUNDS else None,
-        )
-    axes.set_xticks(range(len(targets)), [f"{t}\n({table[labels[0]][t]['metric']})" for t in targets])
-    axes.set_ylabel("score (%)")
-    axes.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)
 
 
 def run_experiment(config_path: str | Path, out: str | Path, recompute: bool = False) -> dict[str, Any]:
@@ -715,7 +584,15 @@ def _run(plan: Plan, config_path: str | Path, out: Path, start: float, stages: S
         "paired": {},
     }
     if (out / "select" / "run.json").is_file():
-        document["interaction_scale"] = json.loads((out / "select" / "run.json").read_text())["interaction_scale"]
+        chosen_scale = json.loads((out / "select" / "run.json").read_text())["interaction_scale"]
+        document["interaction_scale"] = chosen_scale
+        if any(r.get("skill") for r in pool_records):
+            skills = [r.get("skill") or "?" for r in pool_records]
+            saved = {name: out / "select" / name / "features.safetensors" for name in targets}
+            document["feature_profile"] = {
+                name: feature_profile(SelectionFeatures.load(path), skills, chosen_scale[name])
+                for name, path in saved.items()
+            }
     if plan.experiment.scale_study:
         study = document["scale_study"] = scale_study(runner, out, k, stages, planned["select"].settings)
         methods = {label: row for label, row in table.items() if label not in BOUNDS}
