@@ -178,7 +178,8 @@ def candidate_shifts(
     return compute_shifts(curvature, per_example_gradients(task, theta, inputs, targets, batch_size), n)
 
 
-METHODS = ("greedy", "topk", "random")
+#: the selection rules over features: Algorithm 1, the top k by the objective's single-candidate score, uniform
+RULES = ("greedy", "topk", "random")
 
 
 def select_from_features(
@@ -199,7 +200,7 @@ def select_from_features(
         return topk_select(features.first_order, k, interactions, basu, interaction_scale)
     if method == "random":
         return random_select(features.first_order, k, seed)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    raise ValueError(f"method must be one of {RULES}, got {method!r}")
 
 
 @dataclass(frozen=True)

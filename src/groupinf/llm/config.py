@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from groupinf.checks import check_fields, check_type
 from groupinf.curvature.base import Damping, check_damping, parse_damping
+from groupinf.features import RULES
 from groupinf.selection import SCALE_GRID, check_interaction_scale, parse_interaction_scale
 
 TEMPLATES = ("auto", "tulu", "tokenizer")
@@ -26,7 +27,6 @@ FISHERS = ("true", "empirical")
 PROJECTIONS = ("gaussian", "identity")
 STORE_DTYPES = ("bfloat16", "float16", "float32")
 CURVATURES = ("ekfac", "kfac", "dense")
-SELECT_METHODS = ("greedy", "topk", "random")
 LLAMA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -153,7 +153,7 @@ class SelectConfig:
     l2: float = _help("L2 strength λ of the training objective (H = G + λI)", 0.0)
     k: int | None = _help("examples to select per target (default: fraction × pool size)", None)
     fraction: float = _help("examples to select as a fraction of the pool, when k is not given", 0.05)
-    methods: tuple[str, ...] = _help("greedy (F+I), topk (F, 'Additive IF'), random", SELECT_METHODS)
+    methods: tuple[str, ...] = _help("greedy (F+I), topk (F, 'Additive IF'), random", RULES)
     target_rank: int | None = _help("rank of the target-curvature factor (default: one row per target example)", None)
     interaction_scale: float | str = _help(
         "α of F+I's interaction term: a number > 0, or 'auto' (per target, 2-fold cross-validation over halves "
@@ -177,7 +177,7 @@ class SelectConfig:
         if not self.methods:
             raise ValueError("methods is empty")
         for method in self.methods:
-            _choose("method", method, SELECT_METHODS)
+            _choose("method", method, RULES)
         parse_interaction_scale(self.interaction_scale)
         if not self.interaction_grid:
             raise ValueError("interaction_grid is empty")

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ from groupinf.stages import Stage, Stages
 
 #: the files of a target: its selection target (instruction format), and task files for scoring
 SPLITS = ("dev", "val", "eval")
+#: the rows of the table: each label names a selection rule over the F+I features (``features.RULES``:
+#: greedy for F+I, topk for Additive IF, random) or an LLM baseline of ``BASELINES``
 METHODS = {
     "F+I": "greedy",
     "Additive IF": "topk",
@@ -206,56 +209,102 @@ def load_dev(path: Path) -> list[dict[str, Any]]:
     return list(load_records(path))
 
 
+@dataclass(frozen=True)
+class BaselineInputs:
+    """What an LLM baseline reads: the plan, the base model, the pool's records, each target's dev records
+    and the run directory (the warmup's adapter and optimizer state under ``out/warmup``)."""
+
+    plan: Plan
+    model: str
+    pool: list[dict[str, Any]]
+    dev: dict[str, list[dict[str, Any]]]
+    out: Path
+
+
+def _embedding_scores(inputs: BaselineInputs) -> dict[str, torch.Tensor]:
+    """Mean cosine similarity of sentence embeddings of each pool example to the target's dev examples."""
+    from groupinf.llm.baselines import embed_texts, record_text
+
+    def embed(records: list[dict[str, Any]]) -> torch.Tensor:
+        texts = [record_text(r, i) for i, r in enumerate(records)]
+        return embed_texts(texts, inputs.plan.experiment.embedding_model)
+
+    pool_vectors = embed(inputs.pool)
+    return {name: mean_similarity(pool_vectors, embed(records)) for name, records in inputs.dev.items()}
+
+
+def _warm_network(inputs: BaselineInputs, trainable: bool) -> tuple[Any, Any, Any]:
+    """``(network, encode records, padding id)``: the base model with the warmup's adapter."""
+    from groupinf.llm.data import encode, pad_id
+    from groupinf.llm.models import load_model, load_tokenizer
+
+    warm = inputs.plan.warmup
+    tokenizer = load_tokenizer(inputs.model)
+    adapter = inputs.out / "warmup" / "adapter"
+    network = load_model(inputs.model, torch.float32, torch.device("cpu"), adapter, trainable=trainable)
+
+    def encoded(records: list[dict[str, Any]]) -> Any:
+        return encode(records, tokenizer, warm.template, warm.max_length)
+
+    return network, encoded, pad_id(tokenizer)
+
+
+def _rds_scores(inputs: BaselineInputs) -> dict[str, torch.Tensor]:
+    """RDS+: mean cosine similarity of the warmup model's position-weighted hidden states."""
+    from groupinf.llm.baselines import pooled_hidden_states
+
+    network, encoded, padding = _warm_network(inputs, trainable=False)
+    pool_vectors = pooled_hidden_states(network, encoded(inputs.pool), padding)
+    return {
+        name: mean_similarity(pool_vectors, pooled_hidden_states(network, encoded(records), padding))
+        for name, records in inputs.dev.items()
+    }
+
+
+def _less_scores(inputs: BaselineInputs) -> dict[str, torch.Tensor]:
+    """LESS: Adam-preconditioned pool gradients against the target's gradients, Gaussian-projected, one
+    checkpoint (the warmup's)."""
+    from groupinf.llm import baselines
+
+    plan = inputs.plan
+    network, encoded, padding = _warm_network(inputs, trainable=True)
+    state = baselines.AdamState.load(inputs.out / "warmup" / "optimizer.pt", baselines.trainable_names(network))
+    grads = baselines.per_example_gradients(network, encoded(inputs.pool), padding)
+    projection = baselines.gaussian_projection(grads.shape[1], plan.experiment.less_dim, plan.extract.seed)
+    pool_vectors = state.direction(grads) @ projection.T
+    scores = {}
+    for name, records in inputs.dev.items():
+        target_vectors = baselines.per_example_gradients(network, encoded(records), padding) @ projection.T
+        checkpoint = baselines.LessCheckpoint(pool_vectors, target_vectors, plan.warmup.learning_rate)
+        scores[name] = baselines.less_scores([checkpoint], [r.get("subtask", name) for r in records])
+    return scores
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """An LLM selection baseline: its scores of the pool per target (``{target: (N,)}``, higher first) and
+    whether it reads the warmup's model."""
+
+    scores: Callable[[BaselineInputs], dict[str, torch.Tensor]]
+    reads_warmup: bool
+
+
+#: the LLM baselines by name; each selects the top ``k`` of its scores per target
+BASELINES = {
+    "less": Baseline(_less_scores, reads_warmup=True),
+    "rds": Baseline(_rds_scores, reads_warmup=True),
+    "embedding": Baseline(_embedding_scores, reads_warmup=False),
+}
+
+
 def baseline_selection(
     method: str, plan: Plan, model: str, pool: Path, targets: dict[str, dict[str, Any]], out: Path, k: int
 ) -> dict[str, list[int]]:
-    """Indices of the top ``k`` pool examples per target for LESS, RDS+ or the embedding baseline."""
-    from groupinf.llm import baselines
-    from groupinf.llm.data import encode, pad_id
-    from groupinf.llm.models import load_model, load_tokenizer
+    """Indices of the top ``k`` pool examples per target by the baseline ``method`` of ``BASELINES``."""
     from groupinf.selection import topk_select
 
-    warm = plan.warmup
-    pool_records = load_dev(pool)
     dev = {name: load_dev(spec["dev"]) for name, spec in targets.items()}
-    scores: dict[str, torch.Tensor] = {}
-    if method == "embedding":
-        embed = baselines.embed_texts
-        pool_vectors = embed(
-            [baselines.record_text(r, i) for i, r in enumerate(pool_records)], plan.experiment.embedding_model
-        )
-        for name, records in dev.items():
-            vectors = embed(
-                [baselines.record_text(r, i) for i, r in enumerate(records)], plan.experiment.embedding_model
-            )
-            scores[name] = mean_similarity(pool_vectors, vectors)
-    else:
-        tokenizer = load_tokenizer(model)
-        padding = pad_id(tokenizer)
-        network = load_model(
-            model, torch.float32, torch.device("cpu"), out / "warmup" / "adapter", trainable=method == "less"
-        )
-
-        def encoded(records: list[dict[str, Any]]):
-            return encode(records, tokenizer, warm.template, warm.max_length)
-
-        if method == "rds":
-            pool_vectors = baselines.pooled_hidden_states(network, encoded(pool_records), padding)
-            for name, records in dev.items():
-                scores[name] = mean_similarity(
-                    pool_vectors, baselines.pooled_hidden_states(network, encoded(records), padding)
-                )
-        else:
-            names = baselines.trainable_names(network)
-            state = baselines.AdamState.load(out / "warmup" / "optimizer.pt", names)
-            grads = baselines.per_example_gradients(network, encoded(pool_records), padding)
-            projection = baselines.gaussian_projection(grads.shape[1], plan.experiment.less_dim, plan.extract.seed)
-            pool_vectors = state.direction(grads) @ projection.T
-            for name, records in dev.items():
-                target_vectors = baselines.per_example_gradients(network, encoded(records), padding) @ projection.T
-                subtasks = [r.get("subtask", name) for r in records]
-                checkpoint = baselines.LessCheckpoint(pool_vectors, target_vectors, warm.learning_rate)
-                scores[name] = baselines.less_scores([checkpoint], subtasks)
+    scores = BASELINES[method].scores(BaselineInputs(plan, model, load_dev(pool), dev, out))
     return {name: topk_select(value.float(), k).indices.tolist() for name, value in scores.items()}
 
 
@@ -283,7 +332,7 @@ def plan_stages(
         "embedding": {"pool": data["pool"], "dev": dev, "k": k, "embedding_model": exp.embedding_model},
         "random": {"pool": data["pool"], "k": k, "random": "one subset per fine-tuning seed"},
     }
-    for method in [m for m in ("less", "rds", "embedding") if m in wanted]:
+    for method in [m for m in BASELINES if m in wanted]:
         path = out / "baselines" / f"{method}.json"
         stages[f"baselines/{method}"] = Stage(f"baselines/{method}", baselines[method], (path,), path)
     producer = {label: select if METHODS[label] in influence else baselines[METHODS[label]] for label in exp.methods}
@@ -374,7 +423,7 @@ def selections(
 
     def choose() -> None:
         chosen: dict[str, dict[str, Any]] = {}
-        if influence or "less" in wanted or "rds" in wanted:
+        if influence or any(BASELINES[m].reads_warmup for m in wanted if m in BASELINES):
             stages.run(planned["warmup"], warm)
         if influence:
             stages.run(planned["select"], select)
@@ -382,7 +431,7 @@ def selections(
                 record = json.loads((out / "select" / name / "selection.json").read_text())
                 for method in influence:
                     chosen.setdefault(method, {})[name] = record["methods"][method]["indices"]
-        for method in ("less", "rds", "embedding"):
+        for method in BASELINES:
             if method in wanted:
                 stages.run(planned[f"baselines/{method}"], baseline, method)
                 chosen[method] = json.loads((out / "baselines" / f"{method}.json").read_text())
