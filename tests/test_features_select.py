@@ -13,7 +13,15 @@ from groupinf.curvature_ops import LowRankCurvature
 from groupinf.data import load_dataset
 from groupinf.experiments import faithfulness
 from groupinf.experiments.selection_eval import PRESETS
-from groupinf.features import SelectionFeatures, compute_features, cross_validated_scale, select_from_features
+from groupinf.features import (
+    LowRankTarget,
+    SelectionFeatures,
+    compute_features,
+    cross_validated_scale,
+    select_from_features,
+    target_side_features,
+)
+from groupinf.gradients import per_example_gradients
 from groupinf.methods import METHODS
 from groupinf.selection import InteractionFactors
 from groupinf.target import NETWORK_TARGET_CURVATURE, target_curvature
@@ -53,10 +61,36 @@ def test_features_match_brute_force(mlp_task, features):
         LowRankCurvature(B),
     )
     assert low.interactions.left.shape == (25, len(B))
+    assert low.meta["hf"] == "LowRankCurvature"  # the target-side solve: H⁻¹ applied to ∇f and B's rows
+    torch.testing.assert_close(low.first_order, shifts @ grad_f)
     torch.testing.assert_close(
         low.interactions.left @ low.interactions.right.T,
         features.interactions.left @ features.interactions.right.T,
     )
+
+
+def test_target_side_features_from_blocks_in_any_order(mlp_task):
+    task, theta, X, y = mlp_task
+    curvature = EigenCurvature(gauss_newton(task, theta, X, len(X)), damping=0.1)
+    grads = per_example_gradients(task, theta, X[:25], y[:25])
+    hf = LowRankCurvature(task.target.ggn_factor(task, theta), None)
+    hf.sign[0] = -1.0  # an indefinite H_f: left = σ ∘ b, right = b
+    target = LowRankTarget(task.target.gradient(task, theta), hf, "t")
+    (whole,) = target_side_features([(0, grads)], 25, curvature, [target], len(X), dtype=grads.dtype)
+    blocks = [(10, grads[10:25]), (0, grads[:4]), (4, grads[4:10])]
+    (pieces,) = target_side_features(blocks, 25, curvature, [target], len(X), dtype=grads.dtype)
+    shifts = curvature.solve(grads) / len(X)
+    for features in (whole, pieces):
+        torch.testing.assert_close(features.first_order, shifts @ target.gradient)
+        interactions = features.interactions.left @ features.interactions.right.T
+        torch.testing.assert_close(interactions, shifts @ hf.matmul(shifts).T)
+    assert whole.meta["target"] == "t" and whole.meta["target_rank"] == str(hf.rank)
+    with pytest.raises(ValueError, match="cover 21 of the 25"):
+        target_side_features(blocks[:1] + blocks[2:], 25, curvature, [target], len(X))
+    with pytest.raises(ValueError, match="overlap"):
+        target_side_features([*blocks, (3, grads[3:5])], 25, curvature, [target], len(X))
+    with pytest.raises(ValueError, match="no target"):
+        target_side_features(blocks, 25, curvature, [], len(X))
 
 
 def test_feature_store_round_trip(features, tmp_path):

@@ -8,7 +8,7 @@ For candidates ``c`` (addition setting, gradients at ``θ*``, ``H`` and ``n`` of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -129,6 +129,58 @@ class SelectionFeatures:
         return cls(tensors["first_order"], interactions, basu, meta)
 
 
+@dataclass(frozen=True)
+class LowRankTarget:
+    """A target as the target-side solve needs it: ``∇f`` ``(p,)`` and a low-rank ``H_f = Bᵀ diag(σ) B``
+    (``B`` ``(r, p)``); ``name`` labels its features."""
+
+    gradient: Tensor
+    curvature: LowRankCurvature
+    name: str = "target"
+
+
+def target_side_features(
+    gradients: Iterable[tuple[int, Tensor]],
+    num_candidates: int,
+    curvature: Curvature,
+    targets: Sequence[LowRankTarget],
+    n: int,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> list[SelectionFeatures]:
+    """Features of ``num_candidates`` candidates for each of ``targets`` from one pass over the candidates'
+    gradients, given as ``(first row, (rows, p) block)`` pairs in any order that covers every row once.
+
+    ``H`` is symmetric, so ``a_c = g_cᵀ q`` and ``b_c = Q g_c`` with ``q = (1/n) H⁻¹ ∇f`` and
+    ``Q = (1/n) B H⁻¹`` (docs/math.md §4): the curvature solves the ``1 + r`` vectors of each target, never
+    the candidates' gradients. Products are formed in ``dtype`` on ``device``.
+    """
+    if not targets:
+        raise ValueError("no target given")
+    vectors = torch.cat([torch.cat([t.gradient[None], t.curvature.factor.to(t.gradient.dtype)]) for t in targets])
+    solved = compute_shifts(curvature, vectors, n).to(device, dtype)  # rows (1/n) H⁻¹ v
+    products = torch.empty(num_candidates, len(vectors), dtype=dtype, device=device)
+    covered = torch.zeros(num_candidates, dtype=torch.bool, device=device)
+    for start, rows in gradients:
+        if start < 0 or start + len(rows) > num_candidates or covered[start : start + len(rows)].any():
+            raise ValueError(f"gradient rows [{start}, {start + len(rows)}) overlap or leave [0, {num_candidates})")
+        products[start : start + len(rows)] = rows.to(device, dtype) @ solved.T
+        covered[start : start + len(rows)] = True
+    if not covered.all():
+        raise ValueError(f"the gradients cover {int(covered.sum())} of the {num_candidates} candidates")
+    features, column = [], 0
+    for target in targets:
+        rank = target.curvature.rank
+        projected = products[:, column + 1 : column + 1 + rank]
+        sign = target.curvature.sign.to(device, dtype)
+        meta = {"n": str(n), "damping": str(curvature.damping), "hf": "LowRankCurvature", "target_rank": str(rank)}
+        meta["target"] = target.name
+        interactions = InteractionFactors(projected * sign, projected.contiguous())
+        features.append(SelectionFeatures(products[:, column].contiguous(), interactions, meta=meta))
+        column += 1 + rank
+    return features
+
+
 def compute_features(
     task: Task,
     theta: Tensor,
@@ -146,8 +198,14 @@ def compute_features(
     ``hf`` gives ``H_f``: a ``LowRankCurvature`` yields ``r``-dim factors, anything else ``p``-dim
     ones (``u_c = H_f δ_c``). ``basu`` adds Basu's factors with exact or Gauss–Newton ``H_c``. ``shifts``
     ``(C, p)``, the candidates' ``δ_c`` if already computed (they do not depend on the target), saves
-    recomputing them.
+    recomputing them. With a low-rank ``hf``, no ``shifts`` and no Basu factors the curvature solves the
+    target's ``1 + r`` vectors instead of the ``C`` candidates' gradients (``target_side_features``).
     """
+    if isinstance(hf, LowRankCurvature) and basu is None and shifts is None:
+        gradients = per_example_gradients(task, theta, inputs, targets, batch_size)
+        target = LowRankTarget(task.target.gradient(task, theta), hf, type(task.target).__name__)
+        device, dtype = gradients.device, gradients.dtype
+        return target_side_features([(0, gradients)], len(gradients), curvature, [target], n, device, dtype)[0]
     if shifts is None:
         shifts = candidate_shifts(task, theta, curvature, inputs, targets, n, batch_size)
     elif shifts.shape != (len(inputs), theta.numel()):

@@ -29,38 +29,35 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from groupinf.checks import check_count
 from groupinf.curvature import Curvature
 from groupinf.curvature_ops import LowRankCurvature
-from groupinf.features import SelectionFeatures, cross_validated_scale, select_from_features
+from groupinf.features import (
+    LowRankTarget,
+    SelectionFeatures,
+    cross_validated_scale,
+    select_from_features,
+    target_side_features,
+)
 from groupinf.files import atomic_write_json
 from groupinf.llm.config import SelectConfig, as_dict
 from groupinf.llm.curvature import fit_curvature
 from groupinf.llm.store import GradientStore
-from groupinf.selection import InteractionFactors, check_budget
-from groupinf.shifts import compute_shifts
+from groupinf.selection import check_budget
 
 #: the settings that must agree between the pool store and a target store
 SHARED_SETTINGS = ("projection", "r_in", "r_out", "seed", "layers", "fisher", "precision")
 
 
-@dataclass(frozen=True)
-class Target:
-    """A target task: ``∇f`` ``(d,)`` and ``H_f = Bᵀ B`` (float64)."""
-
-    name: str
-    gradient: Tensor
-    curvature: LowRankCurvature
-
-
-def load_target(name: str, store: GradientStore, rank: int | None = None, rows: list[int] | None = None) -> Target:
+def load_target(
+    name: str, store: GradientStore, rank: int | None = None, rows: list[int] | None = None
+) -> LowRankTarget:
     """``∇f`` and the low-rank ``H_f`` of a target store (see the module docstring), of its examples
     ``rows`` when given."""
     gradients = store.read("gradients").double()
@@ -71,7 +68,7 @@ def load_target(name: str, store: GradientStore, rank: int | None = None, rows: 
     if rank is not None and rank < min(factor.shape):
         _, values, vh = torch.linalg.svd(factor, full_matrices=False)
         factor = values[:rank, None] * vh[:rank]
-    return Target(name, gradients.mean(dim=0), LowRankCurvature(factor))
+    return LowRankTarget(gradients.mean(dim=0), LowRankCurvature(factor), name)
 
 
 def halves(size: int, seed: int) -> tuple[list[int], list[int]]:
@@ -100,29 +97,16 @@ def check_compatible(pool: GradientStore, target: GradientStore, name: str) -> N
 def pool_features(
     pool: GradientStore,
     curvature: Curvature,
-    targets: list[Target],
+    targets: list[LowRankTarget],
     n: int,
     device: str | torch.device = "cpu",
 ) -> dict[str, SelectionFeatures]:
-    """Selection features (``a_c``, interaction factors ``b_c``) of every pool example for every target."""
+    """Selection features (``a_c``, interaction factors ``b_c``) of every pool example for every target, by
+    name, from one streaming pass over the pool store (``features.target_side_features``, float32)."""
     check_count(n, "n (the number of examples θ* was trained on)")
-    vectors = torch.cat([torch.cat([t.gradient[None], t.curvature.factor]) for t in targets])
-    solved = compute_shifts(curvature, vectors, n).to(device, torch.float32)  # rows (1/n) H⁻¹ v
-    products = torch.empty(pool.spec.num_examples, len(vectors), dtype=torch.float32, device=device)
-    for start, array in pool.shards("gradients"):
-        products[start : start + len(array)] = array.to(device, torch.float32) @ solved.T
-    features, column = {}, 0
-    for target in targets:
-        rank = target.curvature.rank
-        first_order = products[:, column]
-        projected = products[:, column + 1 : column + 1 + rank]
-        sign = target.curvature.sign.to(device, torch.float32)
-        meta = {"n": str(n), "damping": str(curvature.damping), "target_rank": str(rank), "target": target.name}
-        features[target.name] = SelectionFeatures(
-            first_order.contiguous(), InteractionFactors(projected * sign, projected.contiguous()), meta=meta
-        )
-        column += 1 + rank
-    return features
+    shards = pool.shards("gradients")
+    features = target_side_features(shards, pool.spec.num_examples, curvature, targets, n, device)
+    return {target.name: feature for target, feature in zip(targets, features, strict=True)}
 
 
 def run_selection(
