@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
                 reference_scores = scores(redamped(base, damping))
                 row: dict[str, np.ndarray] = {
                     "kfac": scores(KFACCurvature.from_factors(factors, L2, damping)),
-                    "ekfac": scores(EKFACCurvature(factors.space, factors, eigenvalues, L2, damping)),
+                    "ekfac": scores(EKFACCurvature.from_eigenvalues(factors, eigenvalues, L2, damping)),
                 }
                 if with_kronfluence:
                     row["kronfluence"] = kronfluence.pairwise_scores(

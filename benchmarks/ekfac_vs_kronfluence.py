@@ -124,7 +124,7 @@ def run_groupinf(setup: dict, batch_size: int) -> tuple[np.ndarray, dict]:
     done = time.perf_counter()
     info = {"fit_s": fitted - start, "score_s": done - fitted, "total_s": done - start}
     info["stages_s"] = {"covariances": covariances - start, "eigh": eigen - covariances, "lambda": fitted - eigen}
-    info["damping"] = curvature.layer_damping
+    info["damping"] = dict(zip([b.name for b in curvature.layout.blocks], curvature.layer_damping, strict=True))
     return scores.numpy(), {**info, "rss_before_mib": before["VmRSS"]}
 
 

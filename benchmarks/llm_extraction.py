@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from benchmarks._timing import best_of, interleaved
+from groupinf.curvature import fit_curvature
 from groupinf.llm.config import ExtractConfig
-from groupinf.llm.curvature import fit_curvature
+from groupinf.llm.curvature import StoredGradients
 from groupinf.llm.data import collate, encode, pad_id
 from groupinf.llm.extract import compute_shard
 from groupinf.llm.models import linear_layers, load_model, load_tokenizer
@@ -106,7 +107,7 @@ def selection_costs(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pool = random_store(Path(tmp) / "pool", args.select_pool, layers, seed=0)
         target = load_target("t", random_store(Path(tmp) / "target", args.select_target, layers, seed=1))
-        fit_s, curvature = best_of(args.repeats, lambda: fit_curvature(pool, "ekfac", "heuristic"))
+        fit_s, curvature = best_of(args.repeats, lambda: fit_curvature("ekfac", StoredGradients(pool), "heuristic"))
         features_s, _ = best_of(args.repeats, lambda: pool_features(pool, curvature, [target], n=1000))
         arrays = sum(p.stat().st_size for p in pool.path.rglob("*.bin"))
         everything = sum(p.stat().st_size for p in pool.path.rglob("*") if p.is_file())

@@ -9,7 +9,7 @@ library, ``--batch-size`` sequences per pass, float32, ``--threads`` threads. Ea
 process; the peers in ``--peers-python`` (``.venv-bench``, which the project's ``.venv`` never sees):
 
 - ``groupinf``: ``compute_shard`` + ``GradientStore.write_shard`` per shard (what ``groupinf llm extract`` does
-  after tokenising), then ``fit_curvature(store, "ekfac", "heuristic")``.
+  after tokenising), then ``fit_curvature("ekfac", StoredGradients(store), "heuristic")``.
 - ``dattri``: dattri 0.3.0's ``LoGraAttributor`` (``proj_dim = r²``: its factorised projection is ``r × r``),
   in-memory offload; extraction is ``cache`` with the identity Hessian, the fit its ``eFIM`` preconditioners
   (a dense ``r² × r²`` Fisher per layer and its inverse).
@@ -184,16 +184,18 @@ def groupinf_extract(projector, ids: torch.Tensor, settings: dict, path: Path):
 
 def groupinf_scores(projector, pool: torch.Tensor, queries: torch.Tensor, settings: dict, root: Path) -> torch.Tensor:
     """EK-FAC influence scores ``(N, Q)``, ``g_iᵀ (H + ρI)⁻¹ q_j`` with the heuristic damping, in float64."""
-    from groupinf.llm.curvature import fit_curvature
+    from groupinf.curvature import fit_curvature
+    from groupinf.llm.curvature import StoredGradients
 
     pool_store = groupinf_extract(projector, pool, settings, root / "pool")
     query_store = groupinf_extract(projector, queries, settings, root / "queries")
-    curvature = fit_curvature(pool_store, "ekfac", "heuristic")
+    curvature = fit_curvature("ekfac", StoredGradients(pool_store), "heuristic")
     return pool_store.read().double() @ curvature.solve(query_store.read().double()).T
 
 
 def run_groupinf(work: Path, settings: dict, timed: bool) -> dict[str, Any]:
-    from groupinf.llm.curvature import fit_curvature
+    from groupinf.curvature import fit_curvature
+    from groupinf.llm.curvature import StoredGradients
 
     model, pool, queries, settings, names = load(work)
     projector = groupinf_projector(model, names, settings, None)
@@ -205,7 +207,7 @@ def run_groupinf(work: Path, settings: dict, timed: bool) -> dict[str, Any]:
         store = groupinf_extract(projector, pool, settings, Path(tmp) / "store")
         extracted = time.perf_counter()
         info["rss_peak_extract_mib"] = memory()["VmHWM"]
-        fit_curvature(store, "ekfac", "heuristic")
+        fit_curvature("ekfac", StoredGradients(store), "heuristic")
         info |= {"extract_s": extracted - start, "fit_s": time.perf_counter() - extracted}
         info["rss_peak_fit_mib"] = memory()["VmHWM"]
         info["rss_before_mib"] = before["VmRSS"]

@@ -19,12 +19,19 @@ import torch
 from torch import nn
 
 from groupinf import cli
-from groupinf.curvature import EigenCurvature, KFACCurvature, exact_hessian, gauss_newton, resolve_damping
+from groupinf.curvature import (
+    EigenCurvature,
+    KFACCurvature,
+    KroneckerCurvature,
+    exact_hessian,
+    gauss_newton,
+    resolve_damping,
+)
 from groupinf.experiments.faithfulness import FaithfulnessConfig
 from groupinf.files import exclusive
 from groupinf.influence import GroupInfluence
 from groupinf.llm.config import SelectConfig, WarmupConfig
-from groupinf.llm.curvature import KroneckerCurvature
+from groupinf.llm.curvature import projected_layout
 from groupinf.losses import CrossEntropy
 from groupinf.models import linear_model
 from groupinf.shifts import compute_shifts
@@ -543,7 +550,7 @@ LIBRARY_CASES: dict[str, tuple[Callable, type[Exception], str]] = {
     ),
     "NaN eigenvalues with a fixed damping": (
         lambda t, X, y: KroneckerCurvature(
-            LAYERS[:1], [(torch.eye(2), torch.eye(3))], [torch.full((2, 3), float("nan"))], 0.0, 0.1
+            projected_layout(LAYERS[:1]), [(torch.eye(2), torch.eye(3))], [torch.full((2, 3), float("nan"))], 0.0, 0.1
         ),
         ValueError,
         "singular",

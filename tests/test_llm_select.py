@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from groupinf.cli import main
-from groupinf.curvature import EigenCurvature
+from groupinf.curvature import EigenCurvature, KroneckerCurvature, fit_curvature, second_moment
 from groupinf.curvature_ops import LowRankCurvature
 from groupinf.features import SelectionFeatures
 from groupinf.llm.config import SelectConfig
-from groupinf.llm.curvature import KroneckerCurvature, fit_curvature, projected_fisher
+from groupinf.llm.curvature import StoredGradients, projected_layout
 from groupinf.llm.data import collate, encode, load_records, pad_id
 from groupinf.llm.models import linear_layers, load_model, load_tokenizer
 from groupinf.llm.objective import response_nll
@@ -42,8 +42,8 @@ def blocks(matrix_per_layer):
 def test_dense_curvature_is_the_damped_projected_fisher(tmp_path):
     store = synthetic_store(tmp_path, 40, seed=0)
     fisher = store.read("fisher").double()
-    torch.testing.assert_close(projected_fisher(store), fisher.T @ fisher / 40)
-    curvature = fit_curvature(store, "dense", damping=0.3, l2=0.2)
+    torch.testing.assert_close(second_moment(StoredGradients(store).row_batches()), fisher.T @ fisher / 40)
+    curvature = fit_curvature("dense", StoredGradients(store), damping=0.3, l2=0.2)
     V = torch.randn(4, store.spec.dim, dtype=torch.float64)
     expected = V @ torch.linalg.inv(fisher.T @ fisher / 40 + 0.5 * torch.eye(store.spec.dim, dtype=torch.float64))
     torch.testing.assert_close(curvature.solve(V), expected)
@@ -57,7 +57,7 @@ def test_kfac_is_the_kronecker_product_of_the_moment_factors(tmp_path):
         A = moments[f"in:{layer.name}"] / moments["tokens"]  # averaged over tokens
         S = moments[f"out:{layer.name}"] / 40  # summed over tokens, averaged over examples
         explicit.append(torch.kron(S, A))  # row-major (r_out, r_in) layout: vec(S W A)
-    curvature = fit_curvature(store, "kfac", damping=0.1, l2=0.05)
+    curvature = fit_curvature("kfac", StoredGradients(store), damping=0.1, l2=0.05)
     V = torch.randn(3, store.spec.dim, dtype=torch.float64)
     H = blocks(explicit) + 0.15 * torch.eye(store.spec.dim, dtype=torch.float64)
     torch.testing.assert_close(curvature.solve(V), V @ torch.linalg.inv(H))
@@ -66,7 +66,7 @@ def test_kfac_is_the_kronecker_product_of_the_moment_factors(tmp_path):
 
 def test_ekfac_eigenvalues_are_the_fisher_diagonal_in_the_kfac_eigenbasis(tmp_path):
     store = synthetic_store(tmp_path, 40, seed=2)
-    curvature = fit_curvature(store, "ekfac", damping="heuristic", l2=0.01)
+    curvature = fit_curvature("ekfac", StoredGradients(store), damping="heuristic", l2=0.01)
     assert isinstance(curvature, KroneckerCurvature)
     fisher = store.read("fisher").double()
     offset, explicit = 0, []
@@ -83,13 +83,14 @@ def test_ekfac_eigenvalues_are_the_fisher_diagonal_in_the_kfac_eigenbasis(tmp_pa
     V = torch.randn(3, store.spec.dim, dtype=torch.float64)
     torch.testing.assert_close(curvature.solve(V), V @ torch.linalg.inv(blocks(explicit)))
     with pytest.raises(ValueError, match="singular"):
-        KroneckerCurvature(LAYERS, curvature.bases, [torch.zeros(2, 3), torch.ones(3, 2), torch.ones(2, 3)], 0.0, 0.0)
+        layout, values = projected_layout(LAYERS), [torch.zeros(2, 3), torch.ones(3, 2), torch.ones(2, 3)]
+        KroneckerCurvature(layout, curvature.bases, values, 0.0, 0.0)
 
 
 def test_features_for_several_targets_equal_those_computed_one_at_a_time(tmp_path):
     pool = synthetic_store(tmp_path / "pool", 40, seed=3)
     targets = [load_target(name, synthetic_store(tmp_path / name, m, seed=4 + m)) for name, m in (("x", 5), ("y", 7))]
-    curvature = fit_curvature(pool, "ekfac", damping=0.1)
+    curvature = fit_curvature("ekfac", StoredGradients(pool), damping=0.1)
     together = pool_features(pool, curvature, targets, n=12)
     for target in targets:
         (alone,) = pool_features(pool, curvature, [target], n=12).values()
@@ -145,7 +146,7 @@ def test_selection_refuses_mismatched_or_incomplete_inputs(tmp_path):
         run_selection(pool.path, {"t": tmp_path / "t"}, tmp_path / "out", SelectConfig(k=21), n=5)
     huge = GradientStore(pool.path, replace(pool.spec, layers=(LayerSpec("big", 200, 200, 200, 200),)))
     with pytest.raises(ValueError, match="too large for the dense"):
-        fit_curvature(huge, "dense", 0.1)
+        fit_curvature("dense", StoredGradients(huge), 0.1)
     (tmp_path / "pool" / "shards" / "00001.json").unlink()
     with pytest.raises(ValueError, match="incomplete"):
         run_selection(pool.path, {"t": tmp_path / "t"}, tmp_path / "out", SelectConfig(k=2), n=5)

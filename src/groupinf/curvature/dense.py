@@ -1,9 +1,12 @@
-"""Dense curvature for small models: the exact Hessian of ``R`` or the Gauss–Newton matrix.
+"""Dense curvature for small models: the exact Hessian of ``R``, the Gauss–Newton matrix, or the second moment
+of given per-example gradients (a Fisher).
 
 The matrix is built once, eigendecomposed once in float64 and reused for every solve.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -38,6 +41,21 @@ def gauss_newton(task: Task, theta: Tensor, inputs: Tensor, n: int, batch_size: 
         rows = (root.transpose(-1, -2) @ jac).reshape(-1, theta.numel())
         total += rows.T @ rows
     return total / n + task.l2 * torch.eye(theta.numel(), dtype=theta.dtype, device=theta.device)
+
+
+def second_moment(batches: Iterable[Tensor]) -> Tensor:
+    """``(1/N) Σ_i g_i g_iᵀ`` ``(d, d)`` in float64 over the rows ``g_i`` of ``batches`` ``(rows, d)`` (``N`` rows in
+    all), on their device."""
+    total, count = None, 0
+    for batch in batches:
+        rows = batch.double()
+        if total is None:
+            total = torch.zeros(rows.shape[1], rows.shape[1], dtype=torch.float64, device=rows.device)
+        total.addmm_(rows.T, rows)
+        count += len(rows)
+    if total is None or count == 0:
+        raise ValueError("no per-example gradients to take the second moment of")
+    return total / count
 
 
 class EigenCurvature(Curvature):

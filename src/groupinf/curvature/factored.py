@@ -15,8 +15,9 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from groupinf.curvature.hooks import KroneckerLayer, LayerBatch, find_layers
-from groupinf.curvature.kfac import CHUNK_ELEMENTS, Batch, KroneckerCurvature, captured_batches
+from groupinf.curvature.hooks import KroneckerLayer, LayerBatch, find_layers, parameter_layout
+from groupinf.curvature.kfac import Batch, captured_batches
+from groupinf.curvature.kronecker import CHUNK_ELEMENTS, KroneckerCurvature
 from groupinf.task import Task
 
 #: queries whose ``(d_out, columns)`` matrices one product of ``_accumulate_products`` handles at once (the
@@ -62,14 +63,8 @@ def gradient_products(
     layers = find_layers(task.model, task.space, modules)
     if M.ndim != 2 or M.shape[1] != task.space.numel:
         raise ValueError(f"expected row vectors (k, {task.space.numel}), got {tuple(M.shape)}")
-    slices = task.space.slices()
     k = len(M)
-    mats = {}
-    for layer in layers:
-        w = M[:, slices[layer.weight]].reshape(k, layer.out_features, layer.in_features)
-        if layer.bias is not None:
-            w = torch.cat([w, M[:, slices[layer.bias]].unsqueeze(-1)], dim=-1)
-        mats[layer.name] = w  # (k, d_out, columns)
+    mats = dict(zip([layer.name for layer in layers], parameter_layout(layers, task.space).split(M), strict=True))
     generator = torch.Generator(device=theta.device)
     columns = []
     for size, captured, _ in captured_batches(
@@ -99,19 +94,13 @@ def hooked_gradients(
     time and memory for MLPs and CNNs. Real labels (``g_i = ∇l_i``); in ``theta``'s dtype.
     """
     layers = find_layers(task.model, task.space, modules)
-    slices = task.space.slices()
+    layout = parameter_layout(layers, task.space)
     generator = torch.Generator(device=theta.device)
     rows = []
     batches = captured_batches(task, theta, data, layers, "empirical", 1, generator, "gradients", progress)
-    for size, captured, _ in batches:
-        out = torch.empty(size, task.space.numel, dtype=theta.dtype, device=theta.device)
-        for layer in layers:
-            seen = captured[layer.name]
-            grads = seen.s[0].transpose(1, 2) @ seen.a  # (B, d_out, columns)
-            out[:, slices[layer.weight]] = grads[..., : layer.in_features].reshape(size, -1)
-            if layer.bias is not None:
-                out[:, slices[layer.bias]] = grads[..., -1]
-        rows.append(out)
+    for _, captured, _ in batches:
+        seen = [captured[layer.name] for layer in layers]
+        rows.append(layout.join([batch.s[0].transpose(1, 2) @ batch.a for batch in seen]))  # ∇W_i per layer
     if not rows:
         raise ValueError("data yielded no examples")
     return torch.cat(rows)
@@ -138,9 +127,10 @@ def influence_scores(
     (``k·d_out·columns·(d_out + columns)`` multiply-adds). Computed in ``curvature.compute_dtype``.
     """
     dtype = curvature.compute_dtype
-    blocks = curvature.blocks
-    layers = [block.layer for block in blocks]
-    bases = [(block.q_a.to(theta.device, dtype), block.q_s.to(theta.device, dtype)) for block in blocks]
+    layers = find_layers(task.model, task.space, [block.name for block in curvature.layout.blocks])
+    if parameter_layout(layers, task.space) != curvature.layout:
+        raise ValueError("the curvature was fitted on other layers than the task's")
+    bases = [(q_a.to(theta.device, dtype), q_s.to(theta.device, dtype)) for q_s, q_a in curvature.bases]
     generator = torch.Generator(device=theta.device)
 
     def rotated(captured: dict[str, LayerBatch]) -> dict[str, LayerBatch]:
@@ -157,9 +147,8 @@ def influence_scores(
     if not parts[layers[0].name]:
         raise ValueError("queries yielded no examples")
     solved = {
-        block.layer.name: torch.cat(parts[block.layer.name])
-        / (block.eigenvalues.to(theta.device) + curvature.l2 + block.damping).to(dtype)
-        for block in blocks
+        layer.name: torch.cat(parts[layer.name]) / (values.to(theta.device) + curvature.l2 + rho).to(dtype)
+        for layer, values, rho in zip(layers, curvature.eigenvalues, curvature.layer_damping, strict=True)
     }
     k = len(solved[layers[0].name])
     columns = []

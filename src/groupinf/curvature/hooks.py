@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from groupinf.curvature.layout import Block, BlockLayout
 from groupinf.params import ParamSpace, in_model_order
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
@@ -167,6 +168,26 @@ def find_layers(model: nn.Module, space: ParamSpace, modules: Sequence[str] | No
             "param_names or cover those layers"
         )
     return layers
+
+
+def parameter_layout(layers: Sequence[KroneckerLayer], space: ParamSpace) -> BlockLayout:
+    """The covered layers as the blocks of the flat parameter vector of ``space``: each layer's weight
+    ``(out_features, in_features)`` row-major, then its bias ``(out_features,)``, read as the matrix
+    ``(out_features, columns)`` (bias as the last column). Raises when the parameters are not in that order."""
+    slices, offset = space.slices(), 0
+    for layer in layers:
+        for name in (layer.weight, layer.bias):
+            if name is None:
+                continue
+            if slices[name].start != offset:
+                raise ValueError(
+                    f"the parameter '{name}' is not where layer '{layer.name}' needs it in the parameter vector: "
+                    f"Kronecker-factored curvature needs the layers' parameters in module order, each weight "
+                    f"followed by its bias; got {list(space.names)}"
+                )
+            offset = slices[name].stop
+    blocks = (Block(layer.name, (layer.out_features, layer.columns), layer.bias is not None) for layer in layers)
+    return BlockLayout(tuple(blocks))
 
 
 def _reject_shared_weights(model: nn.Module, modules: list[nn.Module], names: list[str]) -> None:

@@ -26,11 +26,12 @@ back-propagated vectors (``fisher``) give three matrices ``G``:
   expectation of the true Fisher: ``G`` is then the layer block of the Gauss–Newton matrix.
 
 Curvature: ``H_ℓ ≈ G_ℓ + λI`` (``λ`` = the task's L2 strength, as in ``dense.gauss_newton``), damped by
-``ρ_ℓ``: ``(H_ℓ + ρ_ℓ I)⁻¹ vec(V) = Q_S [(Q_Sᵀ V Q_A) ⊘ (Λ + λ + ρ_ℓ)] Q_Aᵀ`` where ``Q_A``, ``Q_S`` are the
-eigenvectors of ``A`` and ``S`` (float64) and ``Λ`` is ``λ_S λ_Aᵀ`` (K-FAC) or the corrected eigenvalues
-``Λ = (1/N) Σ_i (Q_Sᵀ ∇W_i Q_A)^{∘2}`` (EK-FAC). The heuristic damping is ``ρ_ℓ = 0.1 · mean(Λ + λ)``
-per layer, the mean eigenvalue of ``H_ℓ`` (like ``EigenCurvature`` on ``G + λI``). No ``p×p`` matrix is
-ever formed.
+``ρ_ℓ``: a ``KroneckerCurvature`` (``curvature.kronecker``) over the covered layers laid out as in the
+parameter vector (``hooks.parameter_layout``), with ``Q_A``, ``Q_S`` the eigenvectors of ``A`` and ``S``
+(float64) and ``Λ`` either ``λ_S λ_Aᵀ`` (K-FAC) or the corrected eigenvalues
+``Λ = (1/N) Σ_i (Q_Sᵀ ∇W_i Q_A)^{∘2}`` (EK-FAC), computed from the captured ``a`` and ``s`` without forming
+the per-example gradients of one-token layers. The heuristic damping is ``ρ_ℓ = 0.1 · mean(Λ + λ)`` per
+layer, the mean eigenvalue of ``H_ℓ`` (like ``EigenCurvature`` on ``G + λI``).
 """
 
 from __future__ import annotations
@@ -44,8 +45,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from groupinf.curvature.base import Curvature, Damping, check_damping, resolve_damping
-from groupinf.curvature.hooks import KroneckerLayer, LayerBatch, backpropagate, find_layers, recording
+from groupinf.curvature.base import Damping, check_damping
+from groupinf.curvature.hooks import (
+    KroneckerLayer,
+    LayerBatch,
+    backpropagate,
+    find_layers,
+    parameter_layout,
+    recording,
+)
+from groupinf.curvature.kronecker import CHUNK_ELEMENTS, KroneckerCurvature, symmetric_eigh
+from groupinf.curvature.layout import BlockLayout
 from groupinf.gradients import batches
 from groupinf.params import ParamSpace
 from groupinf.task import Task, check_inputs, check_lengths
@@ -53,11 +63,8 @@ from groupinf.task import Task, check_inputs, check_lengths
 Fisher = Literal["empirical", "true", "ggn"]
 FISHERS = ("empirical", "true", "ggn")
 
-#: largest number of elements of the per-example rotated gradients held at once (EK-FAC, T > 1)
-CHUNK_ELEMENTS = 1 << 22
-
 Batch = Tensor | Sequence[Tensor]
-K = TypeVar("K", bound="KroneckerCurvature")
+K = TypeVar("K", bound="_HookedKronecker")
 
 
 def tensor_batches(inputs: Tensor, targets: Tensor, batch_size: int) -> list[tuple[Tensor, Tensor]]:
@@ -150,17 +157,15 @@ class KroneckerFactors:
     @cached_property
     def eigenbases(self) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
         """Per layer ``(λ_A, Q_A, λ_S, Q_S)`` in float64, eigenvalues clamped at 0 (round-off); computed once."""
-        out = {}
-        for layer in self.layers:
-            lam_a, q_a = torch.linalg.eigh(_symmetric(self.A[layer.name]))
-            lam_s, q_s = torch.linalg.eigh(_symmetric(self.S[layer.name]))
-            out[layer.name] = (lam_a.clamp_min(0), q_a, lam_s.clamp_min(0), q_s)
-        return out
+        return {
+            layer.name: (*symmetric_eigh(self.A[layer.name]), *symmetric_eigh(self.S[layer.name]))
+            for layer in self.layers
+        }
 
-
-def _symmetric(m: Tensor) -> Tensor:
-    m = m.double()
-    return 0.5 * (m + m.T)
+    @cached_property
+    def layout(self) -> BlockLayout:
+        """The covered layers as blocks of the parameter vector (``hooks.parameter_layout``)."""
+        return parameter_layout(self.layers, self.space)
 
 
 def fit_factors(
@@ -263,108 +268,28 @@ def corrected_eigenvalues(
     return {name: values / examples for name, values in lam.items()}
 
 
-@dataclass(frozen=True)
-class KroneckerBlock:
-    """One layer of a fitted Kronecker curvature: eigenbases, eigenvalues ``Λ`` of ``G`` and its damping."""
-
-    layer: KroneckerLayer
-    q_a: Tensor  # (columns, columns)
-    q_s: Tensor  # (d_out, d_out)
-    eigenvalues: Tensor  # (d_out, columns), of G (without λ and ρ)
-    damping: float
-
-
-class KroneckerCurvature(Curvature):
-    """Block-diagonal ``H + ρI`` with one eigendecomposed Kronecker block per covered layer.
-
-    ``solve(V)``/``matvec(V)`` take row vectors ``V`` ``(k, p)`` in the ``ParamSpace`` layout; each layer's
-    weight (and bias, as the last column) is reshaped to ``(k, d_out, columns)``, rotated into the
-    eigenbasis, divided (or multiplied) by ``Λ + λ + ρ_ℓ`` and rotated back, in ``compute_dtype``
-    (float64 by default; float32 halves the time of large solves at ~1e-6 relative precision).
-    ``damping`` is the fixed ρ, or for the heuristic the parameter-weighted mean of the per-layer values
-    (``layer_damping``), for reporting.
-    """
+class _HookedKronecker(KroneckerCurvature):
+    """A ``KroneckerCurvature`` over the covered layers of a task (``parameter_layout``), fitted with hooks:
+    ``fit`` over the data, or ``from_eigenvalues`` for fitted factors. Call them on ``KFACCurvature`` or
+    ``EKFACCurvature``."""
 
     #: passes over the data that ``fit`` makes (more than one needs a re-iterable ``data``)
     passes: ClassVar[int] = 1
 
-    def __init__(
-        self,
-        space: ParamSpace,
+    @classmethod
+    def from_eigenvalues(
+        cls: type[K],
         factors: KroneckerFactors,
         eigenvalues: dict[str, Tensor],
         l2: float,
-        damping: Damping,
+        damping: Damping = 0.0,
         compute_dtype: torch.dtype = torch.float64,
-    ) -> None:
-        if l2 < 0:
-            raise ValueError(f"l2 must be >= 0, got {l2}")
-        if not compute_dtype.is_floating_point:
-            raise ValueError(f"compute_dtype must be a floating dtype, got {compute_dtype}")
-        self.space, self.factors, self.l2, self.compute_dtype = space, factors, float(l2), compute_dtype
-        bases = factors.eigenbases
-        blocks = []
-        for layer in factors.layers:
-            _, q_a, _, q_s = bases[layer.name]
-            values = eigenvalues[layer.name].double()
-            if values.shape != (layer.out_features, layer.columns):
-                raise ValueError(
-                    f"eigenvalues of layer '{layer.name}' must be {(layer.out_features, layer.columns)}, "
-                    f"got {tuple(values.shape)}"
-                )
-            rho = resolve_damping(damping, values.mean().item() + self.l2)
-            shifted = values + self.l2 + rho
-            largest = shifted.abs().max().item()
-            if not shifted.min().item() > values.numel() * torch.finfo(torch.float64).eps * max(largest, 1e-300):
-                raise ValueError(
-                    f"the damped curvature of layer '{layer.name}' is singular (smallest eigenvalue "
-                    f"{shifted.min().item():.3g}, damping {rho:.3g}, l2 {self.l2:.3g}); pass a damping > 0 or "
-                    "'heuristic'"
-                )
-            blocks.append(KroneckerBlock(layer, q_a, q_s, values, rho))
-        self.blocks = blocks
-        total = sum(b.layer.numel for b in blocks)
-        self.damping = sum(b.damping * b.layer.numel for b in blocks) / total
-
-    @property
-    def layer_damping(self) -> dict[str, float]:
-        """The damping ``ρ_ℓ`` of each layer."""
-        return {b.layer.name: b.damping for b in self.blocks}
-
-    def _apply(self, V: Tensor, power: int) -> Tensor:
-        if V.ndim != 2 or V.shape[1] != self.space.numel:
-            raise ValueError(f"expected row vectors (k, {self.space.numel}), got {tuple(V.shape)}")
-        out = torch.empty(V.shape, dtype=V.dtype, device=V.device)
-        # bound the temporaries: at most CHUNK_ELEMENTS entries of the largest layer's matrices at once
-        step = max(1, CHUNK_ELEMENTS // max(b.layer.numel for b in self.blocks))
-        for start in range(0, len(V), step):
-            out[start : start + step] = self._apply_rows(V[start : start + step], power)
-        return out
-
-    def _apply_rows(self, V: Tensor, power: int) -> Tensor:
-        slices = self.space.slices()
-        work = V.to(self.compute_dtype)
-        out = torch.empty_like(work)
-        k = len(V)
-        for block in self.blocks:
-            layer = block.layer
-            weight = work[:, slices[layer.weight]].reshape(k, layer.out_features, layer.in_features)
-            if layer.bias is not None:
-                weight = torch.cat([weight, work[:, slices[layer.bias]].unsqueeze(-1)], dim=-1)
-            q_a, q_s = block.q_a.to(work.device, work.dtype), block.q_s.to(work.device, work.dtype)
-            scale = ((block.eigenvalues.to(work.device) + self.l2 + block.damping) ** power).to(work.dtype)
-            rotated = (q_s.T @ weight @ q_a) * scale
-            result = q_s @ rotated @ q_a.T
-            out[:, slices[layer.weight]] = result[..., : layer.in_features].reshape(k, -1)
-            if layer.bias is not None:
-                out[:, slices[layer.bias]] = result[..., -1]
-        return out.to(V.dtype)
-
-    def solve(self, V: Tensor) -> Tensor:
-        return self._apply(V, -1)
-
-    def matvec(self, V: Tensor) -> Tensor:
-        return self._apply(V, 1)
+    ) -> K:
+        """The curvature with the eigenbases of ``factors`` and the eigenvalues ``Λ`` ``(d_out, columns)`` of each
+        layer (by name), ``l2`` = ``λ``; solves in ``compute_dtype``."""
+        bases = [(q_s, q_a) for _, q_a, _, q_s in factors.eigenbases.values()]
+        values = [eigenvalues[layer.name] for layer in factors.layers]
+        return cls(factors.layout, bases, values, l2, damping, compute_dtype)
 
     @classmethod
     def fit(
@@ -388,7 +313,7 @@ class KroneckerCurvature(Curvature):
         factors (``fit_factors`` with ``fisher``, ``samples``, ``seed``, ``modules``; sums in ``dtype``), then
         the eigenvalues ``Λ``: K-FAC's ``λ_S λ_Aᵀ``, or EK-FAC's second pass over ``data``
         (``corrected_eigenvalues``, seed ``seed + 1``). ``damping`` is ``ρ`` or "heuristic" (per layer);
-        solves run in ``compute_dtype``. Call it on ``KFACCurvature`` or ``EKFACCurvature``.
+        solves run in ``compute_dtype``.
         """
         check_damping(damping)
         if cls.passes > 1:
@@ -396,7 +321,7 @@ class KroneckerCurvature(Curvature):
         options = {"samples": samples, "dtype": dtype, "progress": progress}
         factors = fit_factors(task, theta, data, fisher=fisher, seed=seed, modules=modules, **options)
         values = cls._eigenvalues(task, theta, data, factors, seed=seed + 1, **options)
-        return cls(factors.space, factors, values, task.l2, damping, compute_dtype)
+        return cls.from_eigenvalues(factors, values, task.l2, damping, compute_dtype)
 
     @staticmethod
     def _eigenvalues(
@@ -407,14 +332,14 @@ class KroneckerCurvature(Curvature):
         raise NotImplementedError("fit a KFACCurvature or an EKFACCurvature")
 
 
-class KFACCurvature(KroneckerCurvature):
+class KFACCurvature(_HookedKronecker):
     """K-FAC: ``G_ℓ ≈ A ⊗ S``, eigenvalues ``Λ = λ_S λ_Aᵀ``."""
 
     @classmethod
     def from_factors(
         cls, factors: KroneckerFactors, l2: float, damping: Damping = 0.0, compute_dtype: torch.dtype = torch.float64
     ) -> KFACCurvature:
-        return cls(factors.space, factors, kfac_eigenvalues(factors), l2, damping, compute_dtype)
+        return cls.from_eigenvalues(factors, kfac_eigenvalues(factors), l2, damping, compute_dtype)
 
     @staticmethod
     def _eigenvalues(
@@ -423,7 +348,7 @@ class KFACCurvature(KroneckerCurvature):
         return kfac_eigenvalues(factors)
 
 
-class EKFACCurvature(KroneckerCurvature):
+class EKFACCurvature(_HookedKronecker):
     """EK-FAC: the K-FAC eigenbases with eigenvalues refitted to the per-example gradients (a second pass)."""
 
     passes = 2
@@ -449,4 +374,4 @@ class EKFACCurvature(KroneckerCurvature):
         values = corrected_eigenvalues(
             task, theta, data, factors, samples=samples, seed=seed, dtype=dtype, progress=progress
         )
-        return cls(factors.space, factors, values, task.l2, damping, compute_dtype)
+        return cls.from_eigenvalues(factors, values, task.l2, damping, compute_dtype)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from groupinf.checks import check_fields, check_type
+from groupinf.curvature import GRADIENT_CURVATURES
 from groupinf.curvature.base import Damping, check_damping, parse_damping
 from groupinf.features import RULES
 from groupinf.selection import SCALE_GRID, check_interaction_scale, parse_interaction_scale
@@ -26,7 +27,6 @@ PRECISIONS = ("auto", "bf16", "fp32", "fp64")
 FISHERS = ("true", "empirical")
 PROJECTIONS = ("gaussian", "identity")
 STORE_DTYPES = ("bfloat16", "float16", "float32")
-CURVATURES = ("ekfac", "kfac", "dense")
 LLAMA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -167,7 +167,7 @@ class SelectConfig:
     def __post_init__(self) -> None:
         check_damping(self.damping)
         check_fields(self)
-        _choose("curvature", self.curvature, CURVATURES)
+        _choose("curvature", self.curvature, GRADIENT_CURVATURES)
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
         _positive("k", self.k)

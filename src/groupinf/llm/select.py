@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from groupinf.checks import check_count
-from groupinf.curvature import Curvature
+from groupinf.curvature import Curvature, fit_curvature
 from groupinf.curvature_ops import LowRankCurvature
 from groupinf.features import (
     LowRankTarget,
@@ -47,7 +47,7 @@ from groupinf.features import (
 )
 from groupinf.files import atomic_write_json
 from groupinf.llm.config import SelectConfig, as_dict
-from groupinf.llm.curvature import fit_curvature
+from groupinf.llm.curvature import StoredGradients
 from groupinf.llm.store import GradientStore
 from groupinf.selection import check_budget
 
@@ -140,7 +140,7 @@ def run_selection(
             parts[name] = halves(store.spec.num_examples, config.seed)
             for part, rows in zip("AB", parts[name], strict=True):
                 targets.append(load_target(f"{name}#{part}", store, config.target_rank, rows))
-    curvature = fit_curvature(pool, config.curvature, config.damping, config.l2, device)
+    curvature = fit_curvature(config.curvature, StoredGradients(pool, device), config.damping, config.l2)
     clock["curvature"] = time.perf_counter()
     features = pool_features(pool, curvature, targets, train_size, device)
     clock["features"] = time.perf_counter()
