@@ -107,6 +107,26 @@ def test_feature_store_round_trip(features, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.safetensors"]  # no temporary file left behind
 
 
+def test_loaded_features_do_not_depend_on_where_the_file_puts_them(features, tmp_path):
+    # two files with the same tensors behind headers of other lengths: memory-mapped, their data would start at
+    # other alignments, where BLAS kernels round differently; loaded, both live in memory of their own
+    offsets = set()
+    loaded = []
+    for pad in range(8):
+        path = tmp_path / f"f{pad}.safetensors"
+        SelectionFeatures(features.first_order, features.interactions, meta={"pad": "x" * pad}).save(path)
+        with open(path, "rb") as handle:
+            offsets.add((8 + int.from_bytes(handle.read(8), "little")) % 64)
+        loaded.append(SelectionFeatures.load(path))
+    assert len(offsets) > 1  # the files do place their data at different alignments
+    for copy in loaded:
+        tensors = (copy.first_order, copy.interactions.left, copy.interactions.right)
+        assert all(t.data_ptr() % 64 == 0 for t in tensors)
+        assert torch.equal(copy.first_order, features.first_order)
+        picked = select_from_features(copy, 12, "greedy", "F+I", interaction_scale=4.0).indices
+        assert torch.equal(picked, select_from_features(loaded[0], 12, "greedy", "F+I", interaction_scale=4.0).indices)
+
+
 def test_bad_feature_files(features, tmp_path):
     with pytest.raises(FileNotFoundError, match="no feature file"):
         SelectionFeatures.load(tmp_path / "none.safetensors")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
@@ -86,13 +87,21 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
 
 def read_safetensors(path: str | Path, what: str, device: str = "cpu") -> tuple[dict[str, Tensor], dict[str, str]]:
     """The tensors (on ``device``) and metadata of a safetensors file; a ``FileNotFoundError`` or ``ValueError``
-    naming the file, ``what`` saying what it should be and how to get one."""
+    naming the file, ``what`` saying what it should be and how to get one.
+
+    On the CPU the tensors are copied out of the file's memory map into memory of their own: a mapped tensor
+    starts wherever the file's header ends, and BLAS kernels round differently at different alignments, so
+    the same values read from two files with headers of other lengths could give different products (and a
+    greedy selection that breaks a near-tie the other way)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no file at {path}; {what}")
     try:
         with safe_open(str(path), framework="pt", device=device) as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            if torch.device(device).type == "cpu":
+                tensors = {key: tensor.clone() for key, tensor in tensors.items()}
+            return tensors, handle.metadata() or {}
     except (SafetensorError, ValueError, OSError) as error:
         raise ValueError(f"{path} is not a readable safetensors file ({error}); {what}") from None
 
