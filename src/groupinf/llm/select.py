@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from groupinf.checks import check_count
 from groupinf.curvature import Curvature, fit_curvature
@@ -55,16 +56,19 @@ from groupinf.selection import check_budget
 SHARED_SETTINGS = ("projection", "r_in", "r_out", "seed", "layers", "fisher", "precision")
 
 
-def load_target(
-    name: str, store: GradientStore, rank: int | None = None, rows: list[int] | None = None
+def load_target(name: str, store: GradientStore, rank: int | None = None) -> LowRankTarget:
+    """``∇f`` and the low-rank ``H_f`` of a target store (see the module docstring)."""
+    return low_rank_target(name, store.read("gradients").double(), store.read("fisher").double(), rank)
+
+
+def low_rank_target(
+    name: str, gradients: Tensor, fisher: Tensor, rank: int | None = None, rows: list[int] | None = None
 ) -> LowRankTarget:
-    """``∇f`` and the low-rank ``H_f`` of a target store (see the module docstring), of its examples
-    ``rows`` when given."""
-    gradients = store.read("gradients").double()
-    factor = store.read("fisher").double()
+    """``∇f`` and the low-rank ``H_f`` of a target set's projected data-label ``gradients`` and ``fisher``
+    gradients ``(m, d)`` (float64), of its examples ``rows`` when given."""
     if rows is not None:
-        gradients, factor = gradients[rows], factor[rows]
-    factor = factor / math.sqrt(len(gradients))
+        gradients, fisher = gradients[rows], fisher[rows]
+    factor = fisher / math.sqrt(len(gradients))
     if rank is not None and rank < min(factor.shape):
         _, values, vh = torch.linalg.svd(factor, full_matrices=False)
         factor = values[:rank, None] * vh[:rank]
@@ -132,14 +136,15 @@ def run_selection(
     stores = {name: GradientStore.open(path) for name, path in target_paths.items()}
     for name, store in stores.items():
         check_compatible(pool, store, name)
-    targets = [load_target(name, store, config.target_rank) for name, store in stores.items()]
+    arrays = {name: (store.read("gradients").double(), store.read("fisher").double()) for name, store in stores.items()}
+    targets = [low_rank_target(name, *arrays[name], config.target_rank) for name in stores]
     auto = config.interaction_scale == "auto" and "greedy" in config.methods
     parts = {}
     if auto:
         for name, store in stores.items():
             parts[name] = halves(store.spec.num_examples, config.seed)
             for part, rows in zip("AB", parts[name], strict=True):
-                targets.append(load_target(f"{name}#{part}", store, config.target_rank, rows))
+                targets.append(low_rank_target(f"{name}#{part}", *arrays[name], config.target_rank, rows))
     curvature = fit_curvature(config.curvature, StoredGradients(pool, device), config.damping, config.l2)
     clock["curvature"] = time.perf_counter()
     features = pool_features(pool, curvature, targets, train_size, device)
