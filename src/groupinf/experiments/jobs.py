@@ -2,7 +2,8 @@
 
 Each finished job's JSON result is written to ``cache_dir/<key>.json`` (write, then rename) as soon
 as it finishes, so an interrupted run loses at most the jobs in flight and a rerun skips the rest. Worker
-processes ignore Ctrl-C: the main process handles it, and stops them at once.
+processes ignore Ctrl-C: the main process handles it, and stops them at once (SIGTERM, default action).
+When every job is done the workers are sent no signal: they are closed and joined.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import json
 import multiprocessing
 import signal
-import sys
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from tqdm.std import tqdm as std_tqdm
 
 from groupinf.files import atomic_write_json
 
@@ -26,17 +28,15 @@ _shared: Any = None
 
 
 def _init_worker(shared: Any, threads: int) -> None:
+    """Set up a worker: ``shared``, its torch threads, Ctrl-C ignored, and a thread lock for tqdm (tqdm's
+    default lock is a multiprocessing semaphore, which a terminated worker could not release: the resource
+    tracker would report it as leaked). SIGTERM keeps its default action: a Python handler would run only in
+    the main thread, which may wait in a lock the pool never releases while another thread got the signal."""
     global _shared
     _shared = shared
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit)
-
-
-def _exit(signum: int, frame: object) -> None:
-    """Stop a worker the pool terminates by an exception, so that its clean-up runs (it releases the
-    semaphores it made, e.g. for tqdm, which would otherwise be reported as leaked)."""
-    sys.exit(0)
+    std_tqdm.set_lock(threading.RLock())  # the base class: every tqdm class of the worker shares it
 
 
 def _call(item: tuple[JobFn, str, Any]) -> tuple[str, Any]:
@@ -81,8 +81,10 @@ def run_jobs(
     else:
         threads = max(1, torch.get_num_threads() // workers)
         context = multiprocessing.get_context("spawn")
-        with context.Pool(workers, _init_worker, (shared, threads)) as pool:  # leaving it terminates the workers
+        with context.Pool(workers, _init_worker, (shared, threads)) as pool:  # leaving it early terminates them
             for key, result in pool.imap_unordered(_call, [(fn, key, job) for key, job in pending.items()]):
                 finish(key, result)
+            pool.close()  # every job is done: the workers exit on the pool's sentinel, without a signal
+            pool.join()
     progress.close()
     return {key: results[key] for key in jobs}
