@@ -25,11 +25,7 @@ Memory is the peak resident set size of each worker process (``VmHWM`` from ``/p
 and above the worker's RSS after imports, model and data are loaded; tracemalloc would miss torch's
 allocations. Wall time covers fitting and scoring only (not imports, data or training).
 
-Measured on the shared 2-core CPU machine (torch 2.13 CPU, Kronfluence 1.0.1, 1 thread each, load 6-9 from
-other jobs): groupinf's EK-FAC fit took 1.3-1.7 s against Kronfluence's 32-44 s (fit ratio 0.04-0.05;
-Kronfluence's Λ stage, which materialises per-example gradients, was over 90 % of its fit); scoring 200 x 5000
-with ``influence_scores`` 5.8-7.2 s against 11.8-11.9 s (ratio 0.49-0.61); total ratio 0.161-0.165; Spearman
-0.999998 and Pearson 1.000000 over all 10⁶ scores (docs/results.md §3).
+Measured results, with the commits, loads and the profile of where the time goes: docs/results.md §3.
 """
 
 from __future__ import annotations
