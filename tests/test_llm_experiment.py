@@ -194,6 +194,12 @@ def test_experiment_runs_every_method_and_resumes(tmp_path, capsys):
         assert all(set(row[split]["seeds"]) == {"3", "4"} for split in ("val", "eval"))
         val = json.loads((out / "scale" / "2" / name / "seed3.val.json").read_text())
         assert row["val"]["seeds"]["3"] == val["score"] and val["n"] == 3
+        # the study's evaluations are keyed on what scoring reads, as the table's are
+        study_key = json.loads((out / "stages" / "scale" / "2" / name / "seed3.val.json").read_text())
+        table_key = json.loads((out / "stages" / "eval" / "greedy" / name / "seed3.json").read_text())
+        assert {k: study_key[k] for k in ("template", "max_new_tokens")} == {
+            k: table_key[k] for k in ("template", "max_new_tokens")
+        }
     # F+I's features by skill, at the α select chose for each target
     for name, profile in document["feature_profile"].items():
         features = SelectionFeatures.load(out / "select" / name / "features.safetensors")

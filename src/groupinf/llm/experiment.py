@@ -341,7 +341,7 @@ def plan_stages(
         chosen |= settings
     stages["selections"] = Stage("selections", chosen, (out / "selections.json",), out / "selections.json")
     tasks = {name: {"type": spec["type"], "sha256": file_digest(spec["eval"])} for name, spec in targets.items()}
-    scoring = {"max_new_tokens": exp.max_new_tokens, "template": plan.warmup.template}
+    scoring = scoring_settings(plan)
 
     def runs(run: str, tuned: dict[str, Any], names: list[str], evaluated: str) -> None:
         path = out / "finetune" / run
@@ -374,6 +374,11 @@ def toy_settings(plan: Plan) -> dict[str, Any]:
     from groupinf.llm.toy import GENERATOR_VERSION, ToyConfig
 
     return {"generator": GENERATOR_VERSION, **asdict(ToyConfig(**plan.toy or {}))}
+
+
+def scoring_settings(plan: Plan) -> dict[str, Any]:
+    """What an evaluation's result depends on besides the model and the task file (``Runner.score``)."""
+    return {"max_new_tokens": plan.experiment.max_new_tokens, "template": plan.warmup.template}
 
 
 def finetune_config(plan: Plan, seed: int) -> WarmupConfig:
@@ -489,7 +494,8 @@ class Runner:
         if (name, split) not in self.tasks:
             self.tasks[name, split] = load_task(spec[split], spec["type"])
         network = load_model(self.model, torch.float32, torch.device("cpu"), adapter)
-        template, tokens = self.plan.warmup.template, self.plan.experiment.max_new_tokens
+        scoring = scoring_settings(self.plan)
+        template, tokens = scoring["template"], scoring["max_new_tokens"]
         result = evaluate_task(network, self.tokenizer, spec["type"], self.tasks[name, split], template, tokens)
         atomic_write_json(path, result)
 
@@ -553,7 +559,7 @@ def scale_study(runner: Runner, out: Path, k: int, stages: Stages, features_from
                 for split in results:
                     path = run.with_name(f"seed{seed}.{split}.json")
                     task = {"type": spec["type"], "sha256": file_digest(spec[split])}
-                    settings = tuned | {"eval": task, "max_new_tokens": plan.experiment.max_new_tokens}
+                    settings = tuned | {"eval": task} | scoring_settings(plan)
                     stage = Stage(f"scale/{alpha:g}/{name}/seed{seed}.{split}", settings, (path,), path)
                     stages.run(stage, runner.score, path, run / "adapter", name, split)
                     results[split][seed] = json.loads(path.read_text())
