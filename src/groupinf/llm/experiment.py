@@ -84,6 +84,8 @@ METHODS = {
     "Embedding": "embedding",
     "Random": "random",
 }
+#: the rules of ``METHODS`` that select from the F+I features (stage ``select``), in the order they run
+INFLUENCE_RULES = ("greedy", "topk")
 
 
 @dataclass(frozen=True)
@@ -297,14 +299,11 @@ BASELINES = {
 }
 
 
-def baseline_selection(
-    method: str, plan: Plan, model: str, pool: Path, targets: dict[str, dict[str, Any]], out: Path, k: int
-) -> dict[str, list[int]]:
+def baseline_selection(method: str, inputs: BaselineInputs, k: int) -> dict[str, list[int]]:
     """Indices of the top ``k`` pool examples per target by the baseline ``method`` of ``BASELINES``."""
     from groupinf.selection import topk_select
 
-    dev = {name: load_dev(spec["dev"]) for name, spec in targets.items()}
-    scores = BASELINES[method].scores(BaselineInputs(plan, model, load_dev(pool), dev, out))
+    scores = BASELINES[method].scores(inputs)
     return {name: topk_select(value.float(), k).indices.tolist() for name, value in scores.items()}
 
 
@@ -318,7 +317,7 @@ def plan_stages(
     warm = data | {"warmup": as_dict(plan.warmup)}
     dev = {name: file_digest(spec["dev"]) for name, spec in targets.items()}
     wanted = [METHODS[label] for label in exp.methods]
-    influence = tuple(m for m in ("greedy", "topk") if m in wanted)
+    influence = tuple(m for m in INFLUENCE_RULES if m in wanted)
     stages = {"warmup": Stage("warmup", warm, (out / "warmup",), out / "warmup" / "warmup.json")}
     select = warm | {"extract": extract, "dev": dev, "select": as_dict(replace(plan.select, methods=influence))}
     if influence:
@@ -390,6 +389,7 @@ def selections(
     plan: Plan,
     model: str,
     pool: Path,
+    pool_records: list[dict[str, Any]],
     targets: dict[str, dict[str, Any]],
     out: Path,
     k: int,
@@ -397,13 +397,13 @@ def selections(
     planned: dict[str, Stage],
 ) -> dict[str, Any]:
     """``{method: {target: indices}}`` for every configured method (stages warmup … selections); Random's cell
-    is ``{seed: indices}``."""
+    is ``{seed: indices}``. ``pool_records``: the records of the ``pool`` file."""
     from groupinf.llm.extract import extract
     from groupinf.llm.select import run_selection
     from groupinf.llm.warmup import warmup
 
     wanted = [METHODS[m] for m in plan.experiment.methods]
-    influence = [m for m in ("greedy", "topk") if m in wanted]
+    influence = [m for m in INFLUENCE_RULES if m in wanted]
 
     def warm() -> None:
         _log("warmup")
@@ -421,10 +421,9 @@ def selections(
         config = replace(plan.select, methods=tuple(influence))
         run_selection(stores.pop("pool"), stores, out / "select", config)
 
-    def baseline(method: str) -> None:
+    def baseline(method: str, inputs: BaselineInputs) -> None:
         _log(f"select: {method}")
-        chosen = baseline_selection(method, plan, model, pool, targets, out, k)
-        atomic_write_json(out / "baselines" / f"{method}.json", chosen)
+        atomic_write_json(out / "baselines" / f"{method}.json", baseline_selection(method, inputs, k))
 
     def choose() -> None:
         chosen: dict[str, dict[str, Any]] = {}
@@ -436,12 +435,14 @@ def selections(
                 record = json.loads((out / "select" / name / "selection.json").read_text())
                 for method in influence:
                     chosen.setdefault(method, {})[name] = record["methods"][method]["indices"]
+        dev = {name: load_dev(spec["dev"]) for name, spec in targets.items()}
+        inputs = BaselineInputs(plan, model, pool_records, dev, out)
         for method in BASELINES:
             if method in wanted:
-                stages.run(planned[f"baselines/{method}"], baseline, method)
+                stages.run(planned[f"baselines/{method}"], baseline, method, inputs)
                 chosen[method] = json.loads((out / "baselines" / f"{method}.json").read_text())
         if "random" in wanted:
-            subsets = random_subsets(len(load_dev(pool)), k, plan.experiment.seeds)
+            subsets = random_subsets(len(pool_records), k, plan.experiment.seeds)
             chosen["random"] = {name: subsets for name in targets}
         labelled = {label: chosen[METHODS[label]] for label in plan.experiment.methods}
         atomic_write_json(out / "selections.json", labelled)
@@ -501,10 +502,11 @@ class Runner:
 
 
 def finetune_and_evaluate(
-    runner: Runner, out: Path, chosen: dict[str, Any], stages: Stages, planned: dict[str, Stage]
+    runner: Runner, out: Path, chosen: dict[str, Any], pool_size: int, stages: Stages, planned: dict[str, Stage]
 ) -> dict[str, Any]:
     """Scores ``{row: {target: {seed: result}}}``: LoRA from the base checkpoint on each selection, on the
-    whole pool (``"Full pool"``), and the base model itself (``"Base"``, the same result for every seed)."""
+    whole pool of ``pool_size`` examples (``"Full pool"``), and the base model itself (``"Base"``, the same
+    result for every seed)."""
     seeds = runner.plan.experiment.seeds
 
     def tune(run: str, seed: int, indices: list[int], what: str) -> Path:
@@ -523,7 +525,7 @@ def finetune_and_evaluate(
                 run = f"{METHODS[label]}/{name}/seed{seed}"
                 adapter = tune(run, seed, picks(chosen, label, name, seed), f"{label} / {name}")
                 scores.setdefault(label, {}).setdefault(name, {})[seed] = score(run, name, adapter)
-    everything = list(range(len(load_dev(runner.pool))))
+    everything = list(range(pool_size))
     for seed in seeds:
         adapter = tune(f"full/seed{seed}", seed, everything, "full pool")
         for name in runner.targets:
@@ -621,9 +623,9 @@ def _run(plan: Plan, config_path: str | Path, out: Path, start: float, stages: S
     check_budget(k, len(pool_records))
     planned = plan_stages(plan, out, model, pool, targets, k)
     stages.check(planned.values())
-    chosen = selections(plan, model, pool, targets, out, k, stages, planned)
+    chosen = selections(plan, model, pool, pool_records, targets, out, k, stages, planned)
     runner = Runner(plan, model, pool, targets)
-    scores = finetune_and_evaluate(runner, out, chosen, stages, planned)
+    scores = finetune_and_evaluate(runner, out, chosen, len(pool_records), stages, planned)
     table = summarise(scores, chosen, pool_records, plan.experiment.seeds)
     document: dict[str, Any] = {
         "config": str(config_path),

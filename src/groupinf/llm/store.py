@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,10 @@ class StoreSpec:
         """The arrays of each shard: ``fisher`` only for the true Fisher."""
         return KINDS if self.fisher == "true" else KINDS[:1]
 
-    @property
+    @cached_property
     def layout(self) -> StoreLayout:
-        """The core store's layout: ``meta`` holds the Fisher kind, the layers, the source and the settings."""
+        """The core store's layout: ``meta`` holds the Fisher kind, the layers, the source and the settings
+        (built once: ``rows`` and ``num_shards`` read it per shard)."""
         layers = [asdict(layer) for layer in self.layers]
         meta = {"fisher": self.fisher, "layers": layers, "source": self.source, "settings": self.settings}
         arrays = dict.fromkeys(self.kinds, self.dim)
