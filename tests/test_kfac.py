@@ -560,3 +560,25 @@ def test_influence_scores_in_the_eigenbasis_equal_solving_the_queries(kind, curv
     torch.testing.assert_close(influence_scores(task, theta, queries, train, fitted), reference, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="queries yielded no examples"):
         influence_scores(task, theta, [], train, fitted)
+
+
+def test_float32_scores_in_query_chunks_match_float64(mlp, monkeypatch):
+    """In float32 the one-token layers' products run on oneDNN (``groupinf.matmul``) in chunks of queries: the
+    scores and products agree with float64 brute force (per-example gradients, a dense solve) to float32
+    rounding, chunks of uneven size included."""
+    from groupinf.curvature import factored
+
+    monkeypatch.setattr(factored, "QUERY_CHUNK", 3)  # 7 queries: chunks of 3, 3 and 1
+    task, theta, X, y, _, _ = mlp
+    train, queries = tensor_batches(X, y, 16), tensor_batches(X[:7], y[:7], 4)
+    factors = fit_factors(task, theta, train)
+    exact = EKFACCurvature.from_factors(factors, task, theta, train, damping="heuristic")
+    fast = EKFACCurvature.from_factors(factors, task, theta, train, damping="heuristic", compute_dtype=torch.float32)
+    grads = per_example_gradients(task, theta, X, y)
+    solved = exact.solve(grads[:7])
+    expected = solved @ grads.T
+    scores = influence_scores(task, theta, queries, train, fast)
+    assert scores.dtype == torch.float32 and scores.shape == (7, len(X))
+    for got in (scores, gradient_products(task, theta, train, solved.float())):
+        errors = (got.double() - expected).norm(dim=1) / expected.norm(dim=1)  # per query: every chunk checked
+        assert errors.max().item() < 1e-5

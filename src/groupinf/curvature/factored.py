@@ -18,28 +18,49 @@ from torch import Tensor
 from groupinf.curvature.hooks import KroneckerLayer, LayerBatch, find_layers, parameter_layout
 from groupinf.curvature.kfac import Batch, captured_batches
 from groupinf.curvature.kronecker import CHUNK_ELEMENTS, KroneckerCurvature
+from groupinf.matmul import FixedMatrix
 from groupinf.task import Task
 
 #: queries whose ``(d_out, columns)`` matrices one product of ``_accumulate_products`` handles at once (the
-#: product ``(chunk·d_out, B)`` then stays in cache for the weighting by ``s``)
+#: product ``(B, chunk·d_out)`` then stays in cache for the weighting by ``s``)
 QUERY_CHUNK = 16
 
 
-def _accumulate_products(out: Tensor, mats: Tensor, seen: LayerBatch, layer: KroneckerLayer) -> None:
-    """``out[j, b] += ⟨mats_j, ∇W_b⟩`` for ``mats`` ``(k, d_out, columns)`` and the examples of ``seen``
+class _LayerRows:
+    """``k`` layer-shaped matrices ``mats`` ``(k, d_out, columns)`` to contract with many batches' gradients; for
+    one-token layers as ``FixedMatrix`` chunks of ``QUERY_CHUNK`` matrices ``(chunk·d_out, columns)``, made once."""
+
+    def __init__(self, mats: Tensor) -> None:
+        self.mats = mats
+        self._chunks: list[FixedMatrix] | None = None
+
+    @property
+    def chunks(self) -> list[FixedMatrix]:
+        if self._chunks is None:
+            k, _, columns = self.mats.shape
+            self._chunks = [
+                FixedMatrix(self.mats[start : start + QUERY_CHUNK].reshape(-1, columns))
+                for start in range(0, k, QUERY_CHUNK)
+            ]
+        return self._chunks
+
+
+def _accumulate_products(out: Tensor, rows: _LayerRows, seen: LayerBatch, layer: KroneckerLayer) -> None:
+    """``out[j, b] += ⟨mats_j, ∇W_b⟩`` for ``rows.mats`` ``(k, d_out, columns)`` and the examples of ``seen``
     (``∇W_b = Σ_t s_{b,t} a_{b,t}ᵀ``; ``out`` ``(k, B)``), in ``out``'s dtype, never forming ``∇W_b`` for one-token
     layers."""
     a, s = seen.a.to(out.dtype), seen.s[0].to(out.dtype)
     k, size = out.shape
     if a.shape[1] == 1:
-        a, s_t = a[:, 0], s[:, 0].T  # (B, columns), (d_out, B)
-        work = out.new_empty(min(k, QUERY_CHUNK) * layer.out_features, size)  # reused: no fresh pages per chunk
-        for start in range(0, k, QUERY_CHUNK):
-            block = mats[start : start + QUERY_CHUNK]
-            projected = torch.mm(block.reshape(-1, layer.columns), a.T, out=work[: len(block) * layer.out_features])
-            out[start : start + QUERY_CHUNK] += projected.view(len(block), -1, size).mul_(s_t).sum(1)
+        a, s = a[:, 0], s[:, :1]  # (B, columns), (B, 1, d_out)
+        start = 0
+        for chunk in rows.chunks:
+            projected = chunk(a)  # (B, chunk·d_out)
+            count = projected.shape[1] // layer.out_features
+            out[start : start + count] += projected.view(size, count, -1).mul_(s).sum(-1).T
+            start += count
         return
-    flat = mats.reshape(k, -1)
+    flat = rows.mats.reshape(k, -1)
     chunk = max(1, CHUNK_ELEMENTS // layer.numel)
     for start in range(0, size, chunk):
         grads = s[start : start + chunk].transpose(1, 2) @ a[start : start + chunk]  # (b, d_out, columns)
@@ -64,7 +85,8 @@ def gradient_products(
     if M.ndim != 2 or M.shape[1] != task.space.numel:
         raise ValueError(f"expected row vectors (k, {task.space.numel}), got {tuple(M.shape)}")
     k = len(M)
-    mats = dict(zip([layer.name for layer in layers], parameter_layout(layers, task.space).split(M), strict=True))
+    split = parameter_layout(layers, task.space).split(M)
+    mats = {layer.name: _LayerRows(part) for layer, part in zip(layers, split, strict=True)}
     generator = torch.Generator(device=theta.device)
     columns = []
     for size, captured, _ in captured_batches(
@@ -147,10 +169,10 @@ def influence_scores(
     if not parts[layers[0].name]:
         raise ValueError("queries yielded no examples")
     solved = {
-        layer.name: torch.cat(parts[layer.name]) / (values.to(theta.device) + curvature.l2 + rho).to(dtype)
+        layer.name: _LayerRows(torch.cat(parts[layer.name]) / (values.to(theta.device) + curvature.l2 + rho).to(dtype))
         for layer, values, rho in zip(layers, curvature.eigenvalues, curvature.layer_damping, strict=True)
     }
-    k = len(solved[layers[0].name])
+    k = len(solved[layers[0].name].mats)
     columns = []
     for size, captured, _ in captured_batches(task, theta, data, layers, "empirical", 1, generator, "scores", progress):
         out = torch.zeros(k, size, dtype=dtype, device=theta.device)
