@@ -35,16 +35,21 @@ demo-llm: $(VENV)/.llm-embed
 test: $(VENV)/.llm-embed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
 
-# The peers (Kronfluence, dattri's LoGra, dattri-llm) share one environment beside the project's, on the same
+# The peers (Kronfluence, dattri's LoGra, dattri-llm, LogIX) share one environment beside the project's, on the same
 # torch build: their dependencies do not clash with each other. Kronfluence declares torchvision but never
 # imports it, and PyPI's torchvision would replace this torch with another build (CUDA, several GB), so
-# Kronfluence goes in without its declared dependencies and they are listed here instead.
+# Kronfluence goes in without its declared dependencies and they are listed here instead. LogIX's only wheel
+# (logix-ai 0.1.1, pure Python) declares Requires-Python < 3.11 but runs on 3.11: it goes in with
+# --ignore-requires-python, also without its declared dependencies (einops, pyyaml, numpy, tqdm, torch).
 KRONFLUENCE_DEPS := accelerate einops einconv opt-einsum safetensors tqdm
-$(BENCH_VENV)/.installed: pyproject.toml
+LOGIX_DEPS := einops pyyaml
+$(BENCH_VENV)/.installed: pyproject.toml Makefile
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q $(TORCH_SPEC)
 	$(BENCH_VENV)/bin/python -m pip install -q -e ".[llm]" $(KRONFLUENCE_DEPS) dattri==0.3.0 "dattri-llm[transformers]==0.1.0"
 	$(BENCH_VENV)/bin/python -m pip install -q --no-deps kronfluence==1.0.1
+	$(BENCH_VENV)/bin/python -m pip install -q $(LOGIX_DEPS)
+	$(BENCH_VENV)/bin/python -m pip install -q --no-deps --ignore-requires-python logix-ai==0.1.1
 	touch $@
 
 # Each comparison runs every library in its own process; the peers' code only ever runs in .venv-bench.

@@ -16,6 +16,11 @@ process; the peers in ``--peers-python`` (``.venv-bench``, which the project's `
 - ``dattri_llm``: dattri-llm 0.1.0's ``EKFACAttributor.cache`` with a materialised ``"logra"`` capture of
   ``proj_dim = r`` per factor (the projected covariances collected in the same pass, gradients to disk), then
   its ``fit`` (eigenbases and the corrected eigenvalues from the store).
+- ``logix``: LogIX 0.1.1 (the LoGra paper's library; its wheel says Python < 3.11, ``make`` installs it with
+  ``--ignore-requires-python``): ``watch`` the same modules, ``add_lora`` with random init and rank ``r`` (an
+  ``r × d_in`` encoder, a zero ``r × r`` bottleneck, a ``d_out × r`` decoder per layer), then one pass logging the
+  bottlenecks' per-example gradients (``{"grad": ["log"]}``, written to disk at ``finalize``) with the projected
+  forward and backward covariances; the fit is its ``covariance_svd`` (K-FAC eigenbases, no eigenvalue correction).
 - ``kronfluence``: Kronfluence 1.0.1's EK-FAC fit on the same modules, unprojected (it has no LoGra), for scale,
   on the first ``--kronfluence-examples`` sequences (its time per sequence is reported too).
 - ``forward_backward``: the physical limit, a plain training forward and backward pass (all parameter
@@ -26,11 +31,12 @@ process; the peers in ``--peers-python`` (``.venv-bench``, which the project's `
 Every worker warms up on one batch, then times; the libraries run in turn ``--repeats`` times and the best
 time of each is kept. Memory is each process's peak resident set (``VmHWM``), in total and above its
 resident set once the model and data are loaded, taken after the extraction and after the fit (before the
-untimed agreement work). Agreement, where the quantity is the same: each peer's
-projection matrices are recovered by projecting identity matrices through its own projector, groupinf
-recomputes with them, and the driver compares dattri's per-example projected gradients (first ``--queries``
-examples) and dattri-llm's EK-FAC influence scores (``--queries`` extra sequences against the pool; its
-damping relative, ``0.1 × mean(Λ)`` per layer like groupinf's heuristic) with groupinf's.
+untimed agreement work). Agreement, where the quantity is the same: each peer's projection matrices are
+recovered (dattri, dattri-llm: by projecting identity matrices through its own projector; LogIX: its encoder
+and decoder weights), groupinf recomputes with them, and the driver compares dattri's and LogIX's per-example
+projected gradients (first ``--queries`` examples) and dattri-llm's EK-FAC influence scores (``--queries`` extra
+sequences against the pool; its damping relative, ``0.1 × mean(Λ)`` per layer like groupinf's heuristic) with
+groupinf's.
 
 Writes ``--out`` (JSON): every time and memory figure, ``ratio_to_fastest_peer`` (groupinf's extraction time
 over the fastest peer's, equal projection size), ``fastest_peer``, ``ratio_to_forward_backward`` and the
@@ -54,9 +60,15 @@ import torch
 
 #: the projected modules of every block
 LAYERS = r"\.(q|k|v|o|gate|up|down)_proj$"
-PEERS = ("dattri", "dattri_llm", "kronfluence")
+PEERS = ("dattri", "dattri_llm", "logix", "kronfluence")
 LIBRARIES = ("forward_backward", "activations_only", "groupinf", *PEERS)
-PEER_PACKAGES = {"dattri": "dattri", "dattri_llm": "dattri-llm", "kronfluence": "kronfluence"}
+PEER_PACKAGES = {"dattri": "dattri", "dattri_llm": "dattri-llm", "logix": "logix-ai", "kronfluence": "kronfluence"}
+PEER_MODULES = {
+    "dattri": "dattri.algorithm.logra",
+    "dattri_llm": "dattri_llm",
+    "logix": "logix",
+    "kronfluence": "kronfluence",
+}
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -213,16 +225,16 @@ def run_groupinf(work: Path, settings: dict, timed: bool) -> dict[str, Any]:
         info["rss_before_mib"] = before["VmRSS"]
     if not timed:  # agreement: recompute with each peer's projection matrices
         q = settings["queries"]
-        for peer in ("dattri", "dattri_llm"):
+        for peer in ("dattri", "dattri_llm", "logix"):
             found = work / f"{peer}.matrices.pt"
             if not found.is_file():
                 continue
             matrices = torch.load(found)
             projector = groupinf_projector(model, names, settings, matrices)
             with tempfile.TemporaryDirectory() as tmp:
-                if peer == "dattri":
+                if peer in ("dattri", "logix"):
                     grads = groupinf_extract(projector, pool[:q], settings, Path(tmp) / "g").read()
-                    torch.save(grads, work / "groupinf.dattri_gradients.pt")
+                    torch.save(grads, work / f"groupinf.{peer}_gradients.pt")
                 else:
                     scores = groupinf_scores(projector, pool, queries, settings, Path(tmp))
                     torch.save(scores, work / "groupinf.dattri_llm_scores.pt")
@@ -338,6 +350,69 @@ def run_dattri_llm(work: Path, settings: dict, timed: bool) -> dict[str, Any]:
     return info
 
 
+def run_logix(work: Path, settings: dict, timed: bool) -> dict[str, Any]:
+    import logix
+    import yaml
+
+    model, pool, _, settings, names = load(work)
+    batch, r = settings["batch_size"], settings["r"]
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def extract(ids: torch.Tensor, project: str) -> logix.LogIX:
+            """LogIX's LoGra (its LoRA-style encoder/bottleneck/decoder per watched layer, random init): the
+            per-example gradients of the bottlenecks logged to disk, the projected covariances in the same pass."""
+            config = Path(tmp) / f"{project}.yaml"
+            config.write_text(yaml.safe_dump({"root_dir": tmp, "lora": {"init": "random", "rank": r}}))
+            run = logix.LogIX(project, config=str(config))
+            run.watch(model, name_filter=names)
+            run.add_lora()
+            run.setup({"grad": ["log"], "forward": ["covariance"], "backward": ["covariance"]})
+            run.save(True)
+            for start in range(0, len(ids), batch):
+                chunk = ids[start : start + batch]
+                with run(data_id=[str(start + i) for i in range(len(chunk))]):
+                    model.zero_grad(set_to_none=True)
+                    sequence_nll(model(input_ids=chunk).logits, chunk).sum().backward()
+            run.finalize()
+            return run
+
+        def unwrap() -> None:
+            """The model as loaded: each LoRA-wrapped layer replaced by the layer it wraps."""
+            for name in names:
+                parent, _, child = name.rpartition(".")
+                owner = model.get_submodule(parent)
+                setattr(owner, child, getattr(owner, child)._linear)
+
+        extract(pool[:batch], "warm")
+        unwrap()
+        before = memory()
+        start = time.perf_counter()
+        run = extract(pool, "run")
+        extracted = time.perf_counter()
+        info = {"rss_peak_extract_mib": memory()["VmHWM"]}
+        run.state.covariance_svd()  # its K-FAC eigenbases of the projected covariances (no eigenvalue correction)
+        info |= {"extract_s": extracted - start, "fit_s": time.perf_counter() - extracted}
+        info["rss_peak_fit_mib"] = memory()["VmHWM"]
+        info["rss_before_mib"] = before["VmRSS"]
+        if not timed:  # one batch of the pool, logged in memory, and the projection matrices that made it
+            if settings["queries"] > batch:
+                raise ValueError("the LogIX agreement logs one batch: --queries must be at most --batch-size")
+            unwrap()
+            run = extract(pool[: settings["queries"]], "agreement")
+            modules = dict(model.named_modules())
+            matrices = {
+                n: (
+                    modules[n].logix_lora_C.weight.detach().T.contiguous(),
+                    modules[n].logix_lora_A.weight.detach().clone(),
+                )
+                for n in names
+            }
+            torch.save(matrices, work / "logix.matrices.pt")
+            rows = [run.binfo.log[f"{n}.logix_lora_B"]["grad"].flatten(1) for n in names]
+            torch.save(torch.cat(rows, dim=1).float(), work / "logix.gradients.pt")
+    return info
+
+
 def run_kronfluence(work: Path, settings: dict, timed: bool) -> dict[str, Any]:
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.task import Task
@@ -381,6 +456,7 @@ WORKERS = {
     "groupinf": run_groupinf,
     "dattri": run_dattri,
     "dattri_llm": run_dattri_llm,
+    "logix": run_logix,
     "kronfluence": run_kronfluence,
 }
 
@@ -432,7 +508,7 @@ def setup(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def available(python: str, library: str) -> str | None:
     """``None`` when ``library`` imports under ``python``, else the error it prints."""
-    module = {"dattri": "dattri.algorithm.logra", "dattri_llm": "dattri_llm", "kronfluence": "kronfluence"}[library]
+    module = PEER_MODULES[library]
     found = subprocess.run([python, "-c", f"import {module}"], capture_output=True, text=True)
     return None if found.returncode == 0 else (found.stderr.strip().splitlines() or ["(no message)"])[-1]
 
@@ -450,14 +526,16 @@ def run_worker(python: str, library: str, work: Path, timed: bool) -> dict[str, 
 
 
 def agreement(work: Path) -> dict[str, Any]:
-    """dattri's gradients and dattri-llm's EK-FAC scores against groupinf's with the same projection matrices."""
+    """dattri's and LogIX's gradients and dattri-llm's EK-FAC scores against groupinf's with the same projection
+    matrices."""
     from scipy.stats import pearsonr, spearmanr
 
     out: dict[str, Any] = {}
-    theirs, ours = work / "dattri.gradients.pt", work / "groupinf.dattri_gradients.pt"
-    if theirs.is_file() and ours.is_file():
-        a, b = torch.load(theirs).double(), torch.load(ours).double()
-        out["dattri_gradients_relative_difference"] = ((a - b).norm() / b.norm()).item()
+    for peer in ("dattri", "logix"):
+        theirs, ours = work / f"{peer}.gradients.pt", work / f"groupinf.{peer}_gradients.pt"
+        if theirs.is_file() and ours.is_file():
+            a, b = torch.load(theirs).double(), torch.load(ours).double()
+            out[f"{peer}_gradients_relative_difference"] = ((a - b).norm() / b.norm()).item()
     theirs, ours = work / "dattri_llm.scores.pt", work / "groupinf.dattri_llm_scores.pt"
     if theirs.is_file() and ours.is_file():
         a, b = torch.load(theirs).flatten().numpy(), torch.load(ours).flatten().numpy()
@@ -526,7 +604,7 @@ def summarise(settings, figures, errors, agree, load_before, load_after) -> dict
     """The best run of each library, the ratios the goals are stated in, and how the run was made."""
     best = {name: min(runs, key=lambda run: run.get("extract_s", run.get("fit_s"))) for name, runs in figures.items()}
     extraction = {name: run["extract_s"] + run.get("fit_s", 0.0) for name, run in best.items() if "extract_s" in run}
-    peers = {name: best[name]["extract_s"] for name in ("dattri", "dattri_llm") if name in best}
+    peers = {name: best[name]["extract_s"] for name in ("dattri", "dattri_llm", "logix") if name in best}
     report: dict[str, Any] = {
         "settings": settings,
         "machine": {

@@ -11,6 +11,7 @@ works in the curvature's eigenbasis (the same numbers as ``gradient_products(…
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -32,17 +33,11 @@ class _LayerRows:
 
     def __init__(self, mats: Tensor) -> None:
         self.mats = mats
-        self._chunks: list[FixedMatrix] | None = None
 
-    @property
+    @cached_property
     def chunks(self) -> list[FixedMatrix]:
-        if self._chunks is None:
-            k, _, columns = self.mats.shape
-            self._chunks = [
-                FixedMatrix(self.mats[start : start + QUERY_CHUNK].reshape(-1, columns))
-                for start in range(0, k, QUERY_CHUNK)
-            ]
-        return self._chunks
+        k, _, columns = self.mats.shape
+        return [FixedMatrix(self.mats[i : i + QUERY_CHUNK].reshape(-1, columns)) for i in range(0, k, QUERY_CHUNK)]
 
 
 def _accumulate_products(out: Tensor, rows: _LayerRows, seen: LayerBatch, layer: KroneckerLayer) -> None:
