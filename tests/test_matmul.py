@@ -35,6 +35,15 @@ def test_other_dtypes_and_disabled_onednn_are_plain_products(monkeypatch):
     assert torch.equal(FixedMatrix(W32)(x32), x32 @ W32.T)
 
 
+def test_products_that_need_gradients_are_differentiated():
+    W, x = _draw(4, 3).requires_grad_(True), _draw(2, 3).requires_grad_(True)
+    FixedMatrix(W)(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.ones(2, 4) @ W.detach())
+    torch.testing.assert_close(W.grad, torch.ones(4, 2) @ x.detach())
+    with torch.no_grad():  # no gradient wanted: the oneDNN path, a result without history
+        assert not FixedMatrix(W)(x).requires_grad
+
+
 def test_bad_shapes_and_dtypes_are_refused():
     with pytest.raises(ValueError, match=r"expected a matrix \(m, c\)"):
         FixedMatrix(_draw(2, 3, 4))
