@@ -13,7 +13,9 @@ into the project's ``.venv``). What it does:
    ``score[q, i] = ∇l_qᵀ (G + ρI)⁻¹ ∇l_i`` with the unscaled per-example cross-entropy, ``G`` the EK-FAC of the
    EMPIRICAL Fisher and the heuristic damping ``ρ_ℓ = 0.1 · mean(Λ_ℓ)`` per layer in both (no L2 term);
 4. prints the wall-time and peak-memory ratios and the Spearman/Pearson correlations of the two
-   ``queries × train`` score matrices.
+   ``queries × train`` score matrices, and groupinf's time over the physical limit of its scoring: the same
+   matrix products on random numbers, on the same kernel and in the same batches (``product_floor``), timed
+   in the groupinf worker after its scores.
 
 Precision, as configured: Kronfluence's defaults (covariances, Λ, per-sample gradients and
 preconditioning in float32, eigendecompositions in float64); groupinf likewise: ``dtype=float32`` for the
@@ -92,6 +94,29 @@ def memory() -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------- workers
 
 
+def product_floor(model: nn.Module, queries: int, train: int, batch_size: int) -> float:
+    """Seconds for the products any exact EK-FAC scoring makes: per Linear layer, ``queries`` preconditioned
+    ``(d_out, in + 1)`` matrices against every training example's layer input, ``queries · d_out · (in + 1)``
+    multiply-adds per example, on the same kernel and in the same batches as ``influence_scores``
+    (``groupinf.matmul.FixedMatrix``), random float32 numbers, nothing else (no rotation, no weighting)."""
+    from groupinf.curvature.factored import QUERY_CHUNK
+    from groupinf.matmul import FixedMatrix
+
+    gen = torch.Generator().manual_seed(0)
+    work = []
+    for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
+        columns = layer.in_features + 1
+        rows = torch.randn(queries * layer.out_features, columns, generator=gen)
+        inputs = [torch.randn(min(batch_size, train - i), columns, generator=gen) for i in range(0, train, batch_size)]
+        work.append(([FixedMatrix(chunk) for chunk in rows.split(QUERY_CHUNK * layer.out_features)], inputs))
+    start = time.perf_counter()
+    for chunks, inputs in work:
+        for x in inputs:
+            for chunk in chunks:
+                chunk(x)
+    return time.perf_counter() - start
+
+
 def run_groupinf(setup: dict, batch_size: int) -> tuple[np.ndarray, dict]:
     from groupinf.curvature import EKFACCurvature, fit_factors, influence_scores, tensor_batches
     from groupinf.losses import CrossEntropy
@@ -121,6 +146,7 @@ def run_groupinf(setup: dict, batch_size: int) -> tuple[np.ndarray, dict]:
     info = {"fit_s": fitted - start, "score_s": done - fitted, "total_s": done - start}
     info["stages_s"] = {"covariances": covariances - start, "eigh": eigen - covariances, "lambda": fitted - eigen}
     info["damping"] = dict(zip([b.name for b in curvature.layout.blocks], curvature.layer_damping, strict=True))
+    info["product_floor_s"] = product_floor(model, len(Xq), len(X), batch_size)
     return scores.numpy(), {**info, "rss_before_mib": before["VmRSS"]}
 
 
@@ -211,6 +237,9 @@ def main(argv: list[str]) -> None:
     print(f"scores: {ours.shape[0]} queries x {ours.shape[1]} training examples")
     print(f"wall time   groupinf / Kronfluence: total {mine['total_s'] / kron['total_s']:.3f}, "
           f"fit {mine['fit_s'] / kron['fit_s']:.3f}, score {mine['score_s'] / kron['score_s']:.3f}")  # fmt: skip
+    floor = mine["product_floor_s"]
+    print(f"groupinf's scoring / the products alone ({floor:.2f} s, same kernel and batches): "
+          f"{mine['score_s'] / floor:.3f}; total / products: {mine['total_s'] / floor:.3f}")  # fmt: skip
     extra_ours = mine["rss_peak_mib"] - mine["rss_before_mib"]
     extra_theirs = kron["rss_peak_mib"] - kron["rss_before_mib"]
     print(f"peak RSS    groupinf / Kronfluence: {mine['rss_peak_mib'] / kron['rss_peak_mib']:.3f} "
