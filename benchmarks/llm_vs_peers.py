@@ -60,7 +60,11 @@ import torch
 
 #: the projected modules of every block
 LAYERS = r"\.(q|k|v|o|gate|up|down)_proj$"
-PEERS = ("dattri", "dattri_llm", "logix", "kronfluence")
+#: the peers that extract LoGra-projected gradients (the extraction's comparison), and of those the ones whose
+#: per-example gradients are compared with groupinf's (dattri-llm's EK-FAC scores are compared instead)
+LOGRA_PEERS = ("dattri", "dattri_llm", "logix")
+GRADIENT_PEERS = ("dattri", "logix")
+PEERS = (*LOGRA_PEERS, "kronfluence")
 LIBRARIES = ("forward_backward", "activations_only", "groupinf", *PEERS)
 PEER_PACKAGES = {"dattri": "dattri", "dattri_llm": "dattri-llm", "logix": "logix-ai", "kronfluence": "kronfluence"}
 PEER_MODULES = {
@@ -225,14 +229,14 @@ def run_groupinf(work: Path, settings: dict, timed: bool) -> dict[str, Any]:
         info["rss_before_mib"] = before["VmRSS"]
     if not timed:  # agreement: recompute with each peer's projection matrices
         q = settings["queries"]
-        for peer in ("dattri", "dattri_llm", "logix"):
+        for peer in LOGRA_PEERS:
             found = work / f"{peer}.matrices.pt"
             if not found.is_file():
                 continue
             matrices = torch.load(found)
             projector = groupinf_projector(model, names, settings, matrices)
             with tempfile.TemporaryDirectory() as tmp:
-                if peer in ("dattri", "logix"):
+                if peer in GRADIENT_PEERS:
                     grads = groupinf_extract(projector, pool[:q], settings, Path(tmp) / "g").read()
                     torch.save(grads, work / f"groupinf.{peer}_gradients.pt")
                 else:
@@ -531,7 +535,7 @@ def agreement(work: Path) -> dict[str, Any]:
     from scipy.stats import pearsonr, spearmanr
 
     out: dict[str, Any] = {}
-    for peer in ("dattri", "logix"):
+    for peer in GRADIENT_PEERS:
         theirs, ours = work / f"{peer}.gradients.pt", work / f"groupinf.{peer}_gradients.pt"
         if theirs.is_file() and ours.is_file():
             a, b = torch.load(theirs).double(), torch.load(ours).double()
@@ -604,7 +608,7 @@ def summarise(settings, figures, errors, agree, load_before, load_after) -> dict
     """The best run of each library, the ratios the goals are stated in, and how the run was made."""
     best = {name: min(runs, key=lambda run: run.get("extract_s", run.get("fit_s"))) for name, runs in figures.items()}
     extraction = {name: run["extract_s"] + run.get("fit_s", 0.0) for name, run in best.items() if "extract_s" in run}
-    peers = {name: best[name]["extract_s"] for name in ("dattri", "dattri_llm", "logix") if name in best}
+    peers = {name: best[name]["extract_s"] for name in LOGRA_PEERS if name in best}
     report: dict[str, Any] = {
         "settings": settings,
         "machine": {
